@@ -1,0 +1,84 @@
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.registry import Registry
+from service.routes import health, v1
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BodyLimit:
+    """413 for a body over the limit: Content-Length is checked first, then the bytes received."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = HTTPException(413, f"request body exceeds the limit of {self.max_bytes} bytes")
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                raise too_large
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise too_large
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422 shape, without echoing the (possibly megabytes of) input back."""
+    assert isinstance(exc, RequestValidationError)
+    detail = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def server_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    if settings.torch_threads is not None:
+        torch.set_num_threads(settings.torch_threads)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        registry = Registry(settings)
+        # Loading runs in a thread: /health/live answers at once and /health/ready says 503.
+        loading = asyncio.create_task(asyncio.to_thread(registry.load))
+        yield {"registry": registry}
+        await loading
+
+    app = FastAPI(
+        title="MC-dropout inference service",
+        summary="Eval-mode predictions and Monte-Carlo-dropout uncertainty for the d2l.ai MLP",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.include_router(health)
+    app.include_router(v1)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, server_error)
+    return app

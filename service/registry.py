@@ -1,0 +1,91 @@
+"""The models a server holds: loaded once, off the event loop, then read by every request."""
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from models.engine import Engine
+from service.pixels import FEATURES, SIDE
+from service.schemas import Architecture, InputSpec, ModelCard, SampleLimits
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    checkpoint: Checkpoint
+    engine: Engine
+    card: ModelCard
+
+    @property
+    def version(self) -> str:
+        return self.checkpoint.version
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.checkpoint.labels
+
+
+def model_card(name: str, ckpt: Checkpoint, settings: Settings) -> ModelCard:
+    meta = ckpt.metadata
+    return ModelCard(
+        name=name,
+        version=ckpt.version,
+        architecture=Architecture(
+            layer_sizes=list(ckpt.config.sizes),
+            dropout=list(ckpt.config.dropout),
+            variant=ckpt.config.variant,
+        ),
+        labels=list(ckpt.labels),
+        input=InputSpec(
+            shape=[FEATURES],
+            also_accepts=[SIDE, SIDE],
+            range=[0.0, 1.0],
+            description=str(meta.get("preprocessing", {}).get("scaling", "")),
+        ),
+        metrics=dict(meta.get("metrics", {})),
+        sha256=ckpt.sha256,
+        created_at=str(meta.get("created_at", "")),
+        samples=SampleLimits(default=settings.default_samples, maximum=settings.max_samples),
+    )
+
+
+def checkpoint_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        return sorted(path.glob("*.safetensors"))
+    return [path] if path.is_file() else []
+
+
+class Registry:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, ServedModel] = {}
+        self.reason = "loading models"
+        self._loaded = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded.is_set() and bool(self.models)
+
+    def load(self) -> None:
+        """Load every checkpoint; a bad one is refused and logged, the good ones are served."""
+        files = checkpoint_files(self.settings.model_path)
+        if not files:
+            log.error("no checkpoint (*.safetensors) at %s", self.settings.model_path)
+        for file in files:
+            try:
+                ckpt = load_checkpoint(file)
+            except CheckpointError:
+                log.exception("refused checkpoint %s", file)
+                continue
+            engine = Engine(ckpt.model, max_chunk_rows=self.settings.mc_chunk_rows)
+            card = model_card(file.stem, ckpt, self.settings)
+            self.models[file.stem] = ServedModel(file.stem, ckpt, engine, card)
+            log.info("serving %s version %s from %s", file.stem, ckpt.version, file)
+        # Clients see why, never where: no file paths in the reason.
+        self.reason = "" if self.models else "no valid checkpoint could be loaded (see server log)"
+        self._loaded.set()

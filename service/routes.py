@@ -1,0 +1,177 @@
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+
+from models.engine import MCRequest
+from models.stats import UncertaintyStats
+from service.pixels import InstanceError, to_pixels
+from service.registry import Registry, ServedModel
+from service.schemas import (
+    ErrorDetail,
+    Health,
+    ModelCard,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    UncertaintyRequest,
+    UncertaintyResponse,
+)
+from service.settings import Settings
+
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.state.registry
+    return registry
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+def get_model(model: str, registry: RegistryDep) -> ServedModel:
+    if not registry.ready:
+        raise HTTPException(503, f"not ready: {registry.reason}", headers=RETRY_AFTER)
+    served = registry.models.get(model)
+    if served is None:
+        known = ", ".join(sorted(registry.models))
+        raise HTTPException(404, f"model {model!r} not found; available: {known}")
+    return served
+
+
+ModelDep = Annotated[ServedModel, Depends(get_model)]
+
+health = APIRouter(prefix="/health", tags=["health"])
+v1 = APIRouter(prefix="/v1/models", tags=["v1"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorDetail, "description": "Unknown model"},
+    413: {
+        "model": ErrorDetail,
+        "description": "Body, instances or instances x samples over limits",
+    },
+    503: {"model": ErrorDetail, "description": "Not ready (with Retry-After)"},
+}
+
+
+@health.get("/live", response_model_exclude_none=True)
+def live() -> Health:
+    """The process is up."""
+    return Health(status="live")
+
+
+@health.get("/ready", responses={503: {"model": Health}}, response_model_exclude_none=True)
+def ready(registry: RegistryDep, response: Response) -> Health:
+    """200 once a model is loaded and serving, else 503 with the reason."""
+    if registry.ready:
+        return Health(status="ready")
+    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    response.headers.update(RETRY_AFTER)
+    return Health(status="not ready", reason=registry.reason)
+
+
+@v1.get("", responses={503: ERRORS[503]})
+def list_models(registry: RegistryDep) -> ModelList:
+    """Model cards of every served model."""
+    if not registry.ready:
+        raise HTTPException(503, f"not ready: {registry.reason}", headers=RETRY_AFTER)
+    return ModelList(models=[m.card for m in registry.models.values()])
+
+
+@v1.get("/{model}", responses={404: ERRORS[404], 503: ERRORS[503]})
+def model_card(served: ModelDep) -> ModelCard:
+    """The model card: architecture, labels, input, metrics, checksum, sample limits."""
+    return served.card
+
+
+def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch.Tensor:
+    """Limits first, then conversion: nothing is allocated for a request over the limits."""
+    n = len(instances)
+    if n > settings.max_instances:
+        raise HTTPException(
+            413, f"instances: {n} exceeds the limit of {settings.max_instances} per request"
+        )
+    if n * samples > settings.max_total_samples:
+        raise HTTPException(
+            413,
+            f"instances x samples = {n} x {samples} = {n * samples} exceeds the limit of "
+            f"{settings.max_total_samples}",
+        )
+    try:
+        return torch.from_numpy(to_pixels(instances))
+    except InstanceError as e:
+        raise HTTPException(
+            422, [{"loc": ["body", "instances", e.index], "msg": str(e), "type": "value_error"}]
+        ) from None
+
+
+# Plain `def` routes: FastAPI runs them in its thread pool, so torch never blocks the event loop.
+@v1.post("/{model}/predict", responses=ERRORS)
+def predict(body: PredictRequest, served: ModelDep, registry: RegistryDep) -> PredictResponse:
+    """Eval-mode prediction: dropout off, deterministic."""
+    X = _pixels(body.instances, registry.settings)
+    probs = served.engine.predict(X)
+    confidence, index = probs.max(-1)
+    return PredictResponse.model_validate(
+        {
+            "model": served.name,
+            "version": served.version,
+            "predictions": [
+                {"class_index": i, "label": served.labels[i], "probabilities": p, "confidence": c}
+                for i, p, c in zip(index.tolist(), probs.tolist(), confidence.tolist(), strict=True)
+            ],
+        }
+    )
+
+
+def _uncertainty_items(stats: UncertaintyStats, labels: tuple[str, ...]) -> list[dict[str, Any]]:
+    columns = {
+        "class_index": stats.class_index.tolist(),
+        "agreement": stats.agreement.tolist(),
+        "votes": stats.votes.tolist(),
+        "mean_probabilities": stats.mean_probabilities.tolist(),
+        "std_probabilities": stats.std_probabilities.tolist(),
+        "predictive_entropy": stats.predictive_entropy.tolist(),
+        "expected_entropy": stats.expected_entropy.tolist(),
+        "mutual_information": stats.mutual_information.tolist(),
+    }
+    rows = [
+        dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
+    ]
+    for row in rows:
+        row["label"] = labels[row["class_index"]]
+    return rows
+
+
+@v1.post("/{model}/uncertainty", responses=ERRORS)
+def uncertainty(
+    body: UncertaintyRequest, served: ModelDep, registry: RegistryDep
+) -> UncertaintyResponse:
+    """MC dropout: N stochastic passes with dropout on; agreement, votes and entropies."""
+    settings = registry.settings
+    samples = settings.default_samples if body.samples is None else body.samples
+    if samples > settings.max_samples:
+        raise HTTPException(
+            422,
+            [
+                {
+                    "loc": ["body", "samples"],
+                    "msg": f"samples: {samples} exceeds the maximum of {settings.max_samples}",
+                    "type": "value_error",
+                }
+            ],
+        )
+    if not served.engine.supports_mc:
+        raise HTTPException(422, f"model {served.name!r} has no dropout: MC dropout is undefined")
+    X = _pixels(body.instances, settings, samples)
+    (stats,) = served.engine.uncertainty([MCRequest(X, samples, body.seed)])
+    return UncertaintyResponse.model_validate(
+        {
+            "model": served.name,
+            "version": served.version,
+            "samples": samples,
+            "seed": body.seed,
+            "predictions": _uncertainty_items(stats, served.labels),
+        }
+    )

@@ -1,0 +1,122 @@
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+from models.engine import MAX_SEED
+from service.pixels import FEATURES, SHAPE_HINT, SIDE
+
+# Instances are checked by service.pixels (one numpy pass per instance, with errors naming the
+# instance) rather than by pydantic float by float; the schema below is what clients see.
+Instance = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "description": f"Pixels in [0, 1], row-major: {SHAPE_HINT}",
+            "oneOf": [
+                {
+                    "type": "array",
+                    "items": {"type": "number", "minimum": 0, "maximum": 1},
+                    "minItems": FEATURES,
+                    "maxItems": FEATURES,
+                },
+                {
+                    "type": "array",
+                    "minItems": SIDE,
+                    "maxItems": SIDE,
+                    "items": {
+                        "type": "array",
+                        "items": {"type": "number", "minimum": 0, "maximum": 1},
+                        "minItems": SIDE,
+                        "maxItems": SIDE,
+                    },
+                },
+            ],
+        }
+    ),
+]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instances: list[Instance] = Field(min_length=1)
+
+
+class UncertaintyRequest(PredictRequest):
+    samples: int | None = Field(None, ge=1, description="stochastic passes N; default per model")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="makes the answer reproducible")
+
+
+class Prediction(BaseModel):
+    class_index: int
+    label: str
+    probabilities: list[float]
+    confidence: float = Field(description="the largest probability")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    version: str
+    predictions: list[Prediction]
+
+
+class UncertaintyPrediction(BaseModel):
+    class_index: int = Field(description="argmax of the mean probabilities")
+    label: str
+    agreement: float = Field(description="share of the N passes whose argmax is class_index")
+    votes: list[int] = Field(description="passes voting for each class; sums to N")
+    mean_probabilities: list[float]
+    std_probabilities: list[float] = Field(description="population std over the N passes")
+    predictive_entropy: float = Field(description="H[mean p], nats")
+    expected_entropy: float = Field(description="mean over passes of H[p_t], nats (aleatoric)")
+    mutual_information: float = Field(description="predictive - expected, nats (epistemic)")
+
+
+class UncertaintyResponse(BaseModel):
+    model: str
+    version: str
+    samples: int
+    seed: int | None
+    predictions: list[UncertaintyPrediction]
+
+
+class Architecture(BaseModel):
+    layer_sizes: list[int]
+    dropout: list[float]
+    variant: str
+
+
+class InputSpec(BaseModel):
+    shape: list[int]
+    also_accepts: list[int]
+    range: list[float]
+    description: str
+
+
+class SampleLimits(BaseModel):
+    default: int
+    maximum: int
+
+
+class ModelCard(BaseModel):
+    name: str
+    version: str
+    architecture: Architecture
+    labels: list[str]
+    input: InputSpec
+    metrics: dict[str, int | float]
+    sha256: str
+    created_at: str
+    samples: SampleLimits
+
+
+class ModelList(BaseModel):
+    models: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: str
+    reason: str | None = None
+
+
+class ErrorDetail(BaseModel):
+    detail: str

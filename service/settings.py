@@ -1,0 +1,35 @@
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every setting can be given as an environment variable MCDROPOUT_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="MCDROPOUT_", frozen=True)
+
+    # A checkpoint file, or a folder whose *.safetensors files are served by file name (stem).
+    model_path: Path = Path("checkpoints")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+    log_level: str = "info"
+
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_instances: int = Field(256, ge=1)
+    default_samples: int = Field(100, ge=1)
+    max_samples: int = Field(1000, ge=1)
+    max_total_samples: int = Field(100_000, ge=1)  # instances x samples in one request
+    mc_chunk_rows: int = Field(8192, ge=1)  # bounds the engine's memory, see models/engine.py
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.default_samples > self.max_samples:
+            raise ValueError(
+                f"default_samples ({self.default_samples}) must not exceed "
+                f"max_samples ({self.max_samples})"
+            )
+        return self

@@ -1,0 +1,60 @@
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from models.checkpoint import save_checkpoint
+from models.mlp import MLPConfig, build_model
+from service.app import create_app
+from service.settings import Settings
+from training.data import LABELS
+
+TINY = MLPConfig(hidden=(32, 16), dropout=(0.5, 0.5))
+
+
+def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    meta = {"created_at": "2026-01-01T00:00:00+00:00", "metrics": {"test_accuracy": 0.5}}
+    save_checkpoint(path, build_model(TINY), LABELS, meta)
+    return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    write_tiny_checkpoint(folder / "tiny.safetensors")
+    return folder
+
+
+def wait_ready(client: TestClient, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/health/ready").status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the service did not become ready")
+        time.sleep(0.01)
+
+
+def make_client(settings: Settings) -> TestClient:
+    return TestClient(create_app(settings), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def settings(model_dir: Path) -> Settings:
+    return Settings(
+        model_path=model_dir,
+        max_instances=8,
+        default_samples=20,
+        max_samples=500,
+        max_total_samples=1000,
+        max_body_bytes=200_000,
+    )
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with make_client(settings) as c:
+        wait_ready(c)
+        yield c

@@ -1,0 +1,289 @@
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from models.checkpoint import load_checkpoint
+from models.engine import Engine
+from service.settings import Settings
+from tests.service.conftest import make_client, wait_ready, write_tiny_checkpoint
+from training.data import LABELS
+
+PREDICT = "/v1/models/tiny/predict"
+UNCERTAINTY = "/v1/models/tiny/uncertainty"
+
+
+def images(n: int, seed: int = 0) -> list[list[float]]:
+    values: list[list[float]] = np.random.default_rng(seed).random((n, 784)).tolist()
+    return values
+
+
+def assert_422(response: Any, loc: list[Any], fragment: str) -> None:
+    assert response.status_code == 422, response.text
+    (error,) = [e for e in response.json()["detail"] if e["loc"] == loc]
+    assert fragment in error["msg"], error["msg"]
+
+
+def test_health(client: TestClient) -> None:
+    assert client.get("/health/live").json() == {"status": "live"}
+    ready = client.get("/health/ready")
+    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+
+
+def test_model_card(client: TestClient, model_dir: Path) -> None:
+    file = model_dir / "tiny.safetensors"
+    sha = hashlib.sha256(file.read_bytes()).hexdigest()
+    card = client.get("/v1/models/tiny").json()
+    assert card["name"] == "tiny"
+    assert card["sha256"] == sha
+    assert card["version"] == sha[:12]
+    assert card["architecture"] == {
+        "layer_sizes": [784, 32, 16, 10],
+        "dropout": [0.5, 0.5],
+        "variant": "scratch",
+    }
+    assert card["labels"] == list(LABELS)
+    assert card["input"]["shape"] == [784]
+    assert card["input"]["also_accepts"] == [28, 28]
+    assert card["samples"] == {"default": 20, "maximum": 500}
+    assert card["metrics"] == {"test_accuracy": 0.5}
+    assert client.get("/v1/models").json() == {"models": [card]}
+
+
+def test_unknown_model_is_404(client: TestClient) -> None:
+    for r in (
+        client.get("/v1/models/nope"),
+        client.post("/v1/models/nope/predict", json={"instances": images(1)}),
+        client.post("/v1/models/nope/uncertainty", json={"instances": images(1)}),
+    ):
+        assert r.status_code == 404
+        assert r.json() == {"detail": "model 'nope' not found; available: tiny"}
+
+
+def test_predict_matches_engine(client: TestClient, model_dir: Path) -> None:
+    x = images(3)
+    body = client.post(PREDICT, json={"instances": x}).json()
+    expected = Engine(load_checkpoint(model_dir / "tiny.safetensors").model).predict(
+        torch.tensor(x)
+    )
+    assert body["model"] == "tiny"
+    assert len(body["version"]) == 12
+    assert len(body["predictions"]) == 3
+    for pred, probs in zip(body["predictions"], expected, strict=True):
+        assert pred["probabilities"] == pytest.approx(probs.tolist(), abs=1e-6)
+        assert pred["class_index"] == int(probs.argmax())
+        assert pred["label"] == LABELS[pred["class_index"]]
+        assert pred["confidence"] == pytest.approx(float(probs.max()), abs=1e-6)
+        assert sum(pred["probabilities"]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_accepts_28_rows_of_28(client: TestClient) -> None:
+    flat = images(2)
+    rows = [np.asarray(x).reshape(28, 28).tolist() for x in flat]
+    a = client.post(PREDICT, json={"instances": flat}).json()
+    b = client.post(PREDICT, json={"instances": rows}).json()
+    assert a == b
+
+
+def test_uncertainty_statistics(client: TestClient) -> None:
+    r = client.post(UNCERTAINTY, json={"instances": images(2), "samples": 64, "seed": 3})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["samples"], body["seed"], body["model"]) == (64, 3, "tiny")
+    for pred in body["predictions"]:
+        assert sum(pred["votes"]) == 64
+        assert pred["agreement"] == pred["votes"][pred["class_index"]] / 64
+        mean = pred["mean_probabilities"]
+        assert pred["class_index"] == int(np.argmax(mean))
+        assert pred["label"] == LABELS[pred["class_index"]]
+        assert sum(mean) == pytest.approx(1.0, abs=1e-6)  # float32 softmax
+        assert len(pred["std_probabilities"]) == 10
+        assert all(s >= 0 for s in pred["std_probabilities"])
+        entropy = -sum(p * math.log(p) for p in mean if p > 0)
+        assert pred["predictive_entropy"] == pytest.approx(entropy, abs=1e-9)
+        assert pred["mutual_information"] == pytest.approx(
+            pred["predictive_entropy"] - pred["expected_entropy"], abs=1e-9
+        )
+
+
+def test_uncertainty_seed_and_defaults(client: TestClient) -> None:
+    x = images(2)
+    first = client.post(UNCERTAINTY, json={"instances": x, "samples": 50, "seed": 11}).json()
+    again = client.post(UNCERTAINTY, json={"instances": x, "samples": 50, "seed": 11}).json()
+    other = client.post(UNCERTAINTY, json={"instances": x, "samples": 50, "seed": 12}).json()
+    assert first == again
+    assert first["predictions"] != other["predictions"]
+    default = client.post(UNCERTAINTY, json={"instances": x}).json()
+    assert default["samples"] == 20
+    assert default["seed"] is None
+    assert all(sum(p["votes"]) == 20 for p in default["predictions"])
+
+
+@pytest.mark.parametrize(
+    ("instance", "fragment"),
+    [
+        ([0.5] * 783, "expected 784 numbers or 28 rows of 28, got shape [783]"),
+        ([[0.5] * 28] * 27, "expected 784 numbers or 28 rows of 28, got shape [27, 28]"),
+        ([[0.5] * 28] * 27 + [[0.5] * 27], "rows of different lengths"),
+        ([0.5] * 783 + [1.5], "value at position 783 is 1.5, outside [0, 1]"),
+        ([-0.25] + [0.5] * 783, "value at position 0 is -0.25, outside [0, 1]"),
+        ([0.5] * 783 + ["a"], "values must be numbers"),
+        ([0.5] * 783 + [None], "values must be numbers"),
+        ([0.5] * 783 + [True], "values must be numbers, not true/false"),
+        ("pixels", "expected a list of 784 numbers"),
+        (0.5, "expected a list of 784 numbers"),
+    ],
+)
+def test_bad_instance_is_422_naming_index(client: TestClient, instance: Any, fragment: str) -> None:
+    r = client.post(PREDICT, json={"instances": [*images(1), instance]})
+    assert_422(r, ["body", "instances", 1], f"instance 1: {fragment}")
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_is_422(client: TestClient, token: str) -> None:
+    content = '{"instances": [[' + ", ".join(["0.5"] * 10 + [token] + ["0.5"] * 773) + "]]}"
+    r = client.post(PREDICT, content=content, headers={"content-type": "application/json"})
+    assert_422(r, ["body", "instances", 0], "value at position 10 is NaN or infinite")
+
+
+@pytest.mark.parametrize(
+    ("body", "loc", "fragment"),
+    [
+        ({"instances": []}, ["body", "instances"], "at least 1 item"),
+        ({}, ["body", "instances"], "Field required"),
+        ({"instances": images(1), "sample": 5}, ["body", "sample"], "Extra inputs"),
+        ({"instances": images(1), "samples": 0}, ["body", "samples"], "greater than or equal to 1"),
+        (
+            {"instances": images(1), "samples": 501},
+            ["body", "samples"],
+            "exceeds the maximum of 500",
+        ),
+        ({"instances": images(1), "samples": 2.5}, ["body", "samples"], "valid integer"),
+        ({"instances": images(1), "seed": -1}, ["body", "seed"], "greater than or equal to 0"),
+        ({"instances": images(1), "seed": 2**63}, ["body", "seed"], "less than or equal to"),
+    ],
+)
+def test_bad_parameters_are_422(
+    client: TestClient, body: dict[str, Any], loc: list[Any], fragment: str
+) -> None:
+    assert_422(client.post(UNCERTAINTY, json=body), loc, fragment)
+
+
+def test_malformed_json_is_422(client: TestClient) -> None:
+    r = client.post(
+        PREDICT, content=b'{"instances": [[0.1', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_limits_are_413(client: TestClient) -> None:
+    r = client.post(PREDICT, json={"instances": images(9)})
+    assert r.status_code == 413
+    assert r.json() == {"detail": "instances: 9 exceeds the limit of 8 per request"}
+    r = client.post(UNCERTAINTY, json={"instances": images(3), "samples": 400})
+    assert r.status_code == 413
+    assert r.json()["detail"] == ("instances x samples = 3 x 400 = 1200 exceeds the limit of 1000")
+
+
+def test_body_limit_is_413_with_or_without_content_length(client: TestClient) -> None:
+    big = json.dumps({"instances": [[0.123456789] * 784] * 30}).encode()
+    assert len(big) > 200_000
+    expected = {"detail": "request body exceeds the limit of 200000 bytes"}
+    r = client.post(PREDICT, content=big, headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()) == (413, expected)
+
+    def chunks() -> Iterator[bytes]:  # streamed: no Content-Length to trust
+        for i in range(0, len(big), 10_000):
+            yield big[i : i + 10_000]
+
+    r = client.post(PREDICT, content=chunks(), headers={"content-type": "application/json"})
+    assert "content-length" not in r.request.headers
+    assert (r.status_code, r.json()) == (413, expected)
+
+
+def test_not_ready_is_503(tmp_path: Path) -> None:
+    (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
+    with make_client(Settings(model_path=tmp_path)) as c:
+        for _ in range(1000):
+            r = c.get("/health/ready")
+            if r.json()["reason"] != "loading models":
+                break
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert r.json() == {
+            "status": "not ready",
+            "reason": "no valid checkpoint could be loaded (see server log)",
+        }
+        for r in (c.get("/v1/models"), c.post(PREDICT, json={"instances": images(1)})):
+            assert r.status_code == 503
+            assert r.headers["retry-after"] == "1"
+            assert str(tmp_path) not in r.text
+        assert c.get("/health/live").status_code == 200
+
+
+def test_bad_checkpoint_is_refused_and_good_ones_served(tmp_path: Path) -> None:
+    write_tiny_checkpoint(tmp_path / "good.safetensors")
+    data = bytearray(write_tiny_checkpoint(tmp_path / "tampered.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (tmp_path / "tampered.safetensors").write_bytes(bytes(data))
+    with make_client(Settings(model_path=tmp_path)) as c:
+        wait_ready(c)
+        assert [m["name"] for m in c.get("/v1/models").json()["models"]] == ["good"]
+        assert c.get("/v1/models/tampered").status_code == 404
+
+
+def test_single_checkpoint_file(model_dir: Path) -> None:
+    with make_client(Settings(model_path=model_dir / "tiny.safetensors")) as c:
+        wait_ready(c)
+        assert c.post(PREDICT, json={"instances": images(1)}).status_code == 200
+
+
+def test_unexpected_error_is_generic_500(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_: Any) -> None:
+        raise RuntimeError("secret detail in /srv/models/tiny.safetensors")
+
+    monkeypatch.setattr(Engine, "predict", boom)
+    r = client.post(PREDICT, json={"instances": images(1)})
+    assert (r.status_code, r.json()) == (500, {"detail": "internal server error"})
+
+
+def test_no_dropout_model_refuses_mc(tmp_path: Path) -> None:
+    from models.checkpoint import save_checkpoint
+    from models.mlp import MLPConfig, build_model
+
+    save_checkpoint(
+        tmp_path / "plain.safetensors",
+        build_model(MLPConfig(hidden=(8,), dropout=(0.0,))),
+        LABELS,
+        {},
+    )
+    with make_client(Settings(model_path=tmp_path)) as c:
+        wait_ready(c)
+        r = c.post("/v1/models/plain/uncertainty", json={"instances": images(1)})
+        assert r.status_code == 422
+        assert r.json() == {"detail": "model 'plain' has no dropout: MC dropout is undefined"}
+        assert c.post("/v1/models/plain/predict", json={"instances": images(1)}).status_code == 200
+
+
+def test_openapi_lists_every_route(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert set(paths) == {
+        "/health/live",
+        "/health/ready",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/v1/models/{model}/predict",
+        "/v1/models/{model}/uncertainty",
+    }
+    responses = paths["/v1/models/{model}/uncertainty"]["post"]["responses"]
+    assert {"200", "404", "413", "422", "503"} <= set(responses)

@@ -1,0 +1,81 @@
+"""python -m training {train,evaluate} ..."""
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from models.checkpoint import CheckpointError
+from training import evaluate, train
+from training.data import DataError
+
+
+def floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(","))
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training")
+    sub = p.add_subparsers(dest="command", required=True)
+    d = train.TrainConfig()
+
+    t = sub.add_parser("train", help="train the dropout MLP on Fashion-MNIST")
+    t.add_argument("--out", type=Path, default=d.out, help="checkpoint to write (%(default)s)")
+    t.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST IDX files")
+    t.add_argument("--epochs", type=int, default=d.epochs)
+    t.add_argument("--batch-size", type=int, default=d.batch_size)
+    t.add_argument("--lr", type=float, default=d.lr)
+    t.add_argument("--momentum", type=float, default=d.momentum)
+    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    t.add_argument("--hidden", type=ints, default=d.hidden, help="comma-separated, e.g. 256,256")
+    t.add_argument("--dropout", type=floats, default=d.dropout, help="one p per hidden layer")
+    t.add_argument("--variant", choices=["scratch", "concise"], default=d.variant)
+    t.add_argument("--seed", type=int, default=d.seed)
+    t.add_argument("--val-size", type=int, default=d.val_size)
+    t.add_argument("--limit", type=int, help="use only the first N training examples")
+    t.add_argument("--dry-run", action="store_true", help="1 epoch on 2048 examples")
+    t.add_argument("--no-resume", dest="resume", action="store_false")
+    t.add_argument("--no-progress", dest="progress", action="store_false")
+
+    e = sub.add_parser("evaluate", help="test accuracy in eval and MC mode, and agreement")
+    e.add_argument("checkpoint", type=Path)
+    e.add_argument("--data-dir", type=Path)
+    e.add_argument("--samples", type=int, default=100, help="MC passes per image")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        if args.command == "train":
+            if args.dry_run:
+                args.epochs, args.limit = 1, 2048
+            options = {k: v for k, v in vars(args).items() if k not in ("command", "dry_run")}
+            train.run(train.TrainConfig(**options))
+        else:
+            result = evaluate.run(args.checkpoint, args.data_dir, args.samples, args.seed)
+            if args.json:
+                print(json.dumps(result.to_dict(), indent=2))
+            else:
+                for key, value in result.to_dict().items():
+                    print(
+                        f"{key:>22}: {value:.4f}"
+                        if isinstance(value, float)
+                        else f"{key:>22}: {value}"
+                    )
+    except (DataError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

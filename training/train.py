@@ -1,0 +1,302 @@
+"""The training loop (d2l.ai defaults), with per-epoch validation, history and resume."""
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import tqdm
+from torch import nn
+from torch.nn import functional as F
+
+from models.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    load_tensors,
+    model_from_tensors,
+    save_checkpoint,
+    save_tensors,
+    weights_of,
+)
+from models.mlp import DropoutMLP, MLPConfig, build_model
+from training.data import LABELS, FashionMNIST, load_fashion_mnist, split_validation
+
+log = logging.getLogger(__name__)
+STATE_KIND = "train-state"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: Path = Path("checkpoints/fashion-mlp.safetensors")
+    data_dir: Path | None = None
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.1
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    hidden: tuple[int, ...] = (256, 256)
+    dropout: tuple[float, ...] = (0.5, 0.5)
+    variant: str = "scratch"
+    seed: int = 0
+    val_size: int = 5000
+    limit: int | None = None  # train on the first N examples of the training split only
+    resume: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "val_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be at least 1, got {self.limit}")
+
+    def model_config(self) -> MLPConfig:
+        return MLPConfig(hidden=self.hidden, dropout=self.dropout, variant=self.variant)  # type: ignore[arg-type]
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a saved training state to be resumed."""
+        d = asdict(self)
+        for k in ("out", "data_dir", "epochs", "resume", "progress"):
+            d.pop(k)
+        d["hidden"], d["dropout"] = list(self.hidden), list(self.dropout)
+        return d
+
+
+@dataclass
+class Split:
+    X: torch.Tensor  # [n, 784] float32 in [0, 1]
+    y: torch.Tensor  # [n] int64
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray) -> "Split":
+        X = torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
+        return cls(X, torch.from_numpy(labels.astype(np.int64)))
+
+
+@dataclass
+class State:
+    epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def evaluate_split(model: nn.Module, split: Split, batch_size: int = 2048) -> tuple[float, float]:
+    """Eval-mode (loss, accuracy)."""
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(split.y), batch_size):
+            logits = model(split.X[i : i + batch_size])
+            y = split.y[i : i + batch_size]
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += int((logits.argmax(-1) == y).sum())
+    return loss / len(split.y), correct / len(split.y)
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Split,
+    batch_size: int,
+    shuffle: torch.Generator,
+    progress: bool,
+    desc: str,
+) -> tuple[float, float]:
+    """One epoch in training mode; returns the mean (loss, accuracy) over its examples."""
+    model.train()
+    order = torch.randperm(len(train.y), generator=shuffle)
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm.tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False)
+    for i in bar:
+        idx = order[i : i + batch_size]
+        X, y = train.X[idx], train.y[idx]
+        logits = model(X)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(-1) == y).sum())
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+    return loss_sum / seen, correct / seen
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+
+
+def state_path(out: Path) -> Path:
+    # Not *.safetensors, so a folder of served checkpoints never picks it up.
+    return out.with_name(out.name + ".state")
+
+
+def history_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".history.json")
+
+
+def save_state(
+    path: Path,
+    cfg: TrainConfig,
+    model: DropoutMLP,
+    optimizer: torch.optim.Optimizer,
+    shuffle: torch.Generator,
+    state: State,
+) -> None:
+    """Everything resume needs, as tensors plus JSON: no pickle."""
+    tensors = {f"model.{k}": v for k, v in weights_of(model).items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.shuffle"] = shuffle.get_state()
+    for pid, buffers in optimizer.state_dict()["state"].items():
+        for key, value in buffers.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value
+    meta = {"identity": cfg.identity(), "epoch": state.epoch, "history": state.history}
+    save_tensors(path, STATE_KIND, tensors, meta)
+
+
+def load_state(
+    path: Path,
+    cfg: TrainConfig,
+    model_config: MLPConfig,
+    optimizer_for: Callable[[DropoutMLP], torch.optim.Optimizer],
+    shuffle: torch.Generator,
+) -> tuple[DropoutMLP, torch.optim.Optimizer, State]:
+    tensors, meta, _ = load_tensors(path, STATE_KIND)
+    if meta.get("identity") != cfg.identity():
+        raise CheckpointError(
+            f"{path.name}: holds the state of a run with other settings; "
+            "pass --no-resume to start over"
+        )
+    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    model = model_from_tensors(weights, model_config, path.name)
+    optimizer = optimizer_for(model)
+    opt_state = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            opt_state["state"].setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict(opt_state)
+    torch.set_rng_state(tensors["rng.torch"])
+    shuffle.set_state(tensors["rng.shuffle"])
+    return model, optimizer, State(epoch=int(meta["epoch"]), history=list(meta["history"]))
+
+
+def load_splits(cfg: TrainConfig) -> tuple[FashionMNIST, Split, Split, Split]:
+    data = load_fashion_mnist(cfg.data_dir)
+    train_idx, val_idx = split_validation(len(data.train_labels), cfg.val_size)
+    if cfg.limit is not None:
+        train_idx = train_idx[: cfg.limit]
+    train = Split.from_numpy(data.train_images[train_idx], data.train_labels[train_idx])
+    val = Split.from_numpy(data.train_images[val_idx], data.train_labels[val_idx])
+    test = Split.from_numpy(data.test_images, data.test_labels)
+    return data, train, val, test
+
+
+def fit(
+    cfg: TrainConfig,
+    train: Split,
+    val: Split,
+    on_epoch: Callable[[DropoutMLP, torch.optim.Optimizer, torch.Generator, State], None],
+) -> tuple[DropoutMLP, State]:
+    """Seeded training from scratch or from the saved state; on_epoch runs after each epoch."""
+    torch.manual_seed(cfg.seed)  # dropout masks and initial weights
+    shuffle = torch.Generator().manual_seed(cfg.seed)
+    model_config = cfg.model_config()
+    spath = state_path(cfg.out)
+    if cfg.resume and spath.exists():
+        model, optimizer, state = load_state(
+            spath, cfg, model_config, lambda m: make_optimizer(m, cfg), shuffle
+        )
+        log.info("resuming after epoch %d from %s", state.epoch, spath)
+    else:
+        model = build_model(model_config)
+        optimizer, state = make_optimizer(model, cfg), State()
+    while state.epoch < cfg.epochs:
+        desc = f"epoch {state.epoch + 1}/{cfg.epochs}"
+        train_loss, train_acc = train_epoch(
+            model, optimizer, train, cfg.batch_size, shuffle, cfg.progress, desc
+        )
+        val_loss, val_acc = evaluate_split(model, val)
+        state.epoch += 1
+        state.history.append(
+            {
+                "epoch": state.epoch,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+            }
+        )
+        log.info(
+            "%s train loss %.4f acc %.4f | val loss %.4f acc %.4f",
+            desc,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+        )
+        on_epoch(model, optimizer, shuffle, state)
+    return model, state
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train, then write the checkpoint, its history and the test accuracy (eval mode)."""
+    started = time.monotonic()
+    data, train, val, test = load_splits(cfg)
+    spath, hpath = state_path(cfg.out), history_path(cfg.out)
+
+    def on_epoch(
+        model: DropoutMLP, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, st: State
+    ) -> None:
+        save_state(spath, cfg, model, optimizer, shuffle, st)
+        atomic_write_bytes(hpath, json.dumps(st.history, indent=2).encode())
+
+    model, state = fit(cfg, train, val, on_epoch)
+    test_loss, test_acc = evaluate_split(model, test)
+    last = state.history[-1]
+    meta = {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "preprocessing": {
+            "input_shape": [28, 28],
+            "flattened": 784,
+            "range": [0.0, 1.0],
+            "scaling": "uint8 pixel / 255, row-major, dark background (Fashion-MNIST)",
+        },
+        "metrics": {
+            "epochs": state.epoch,
+            "train_loss": last["train_loss"],
+            "train_accuracy": last["train_accuracy"],
+            "val_loss": last["val_loss"],
+            "val_accuracy": last["val_accuracy"],
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+        },
+        "training": cfg.identity() | {"epochs": cfg.epochs},
+        "provenance": {
+            "dataset": "Fashion-MNIST",
+            "data_source": data.source,
+            "data_sha256": data.sha256,
+            "train_examples": len(train.y),
+            "val_examples": len(val.y),
+            "seed": cfg.seed,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "numpy": np.__version__,
+            "train_seconds": round(time.monotonic() - started, 1),
+        },
+    }
+    save_checkpoint(cfg.out, model, LABELS, meta)
+    spath.unlink(missing_ok=True)  # the run is complete: a new one starts afresh
+    log.info("test accuracy %.4f (eval mode); wrote %s", test_acc, cfg.out)
+    return cfg.out
