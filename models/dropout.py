@@ -11,7 +11,7 @@ def dropout_layer(
         return X
     if p == 1.0:
         return torch.zeros_like(X)
-    # bernoulli_ on an empty tensor is what nn.Dropout does on the CPU, so the two forms of the
-    # network draw identical masks from identically seeded generators.
-    mask = torch.empty_like(X).bernoulli_(1.0 - p, generator=generator)
-    return X * mask / (1.0 - p)
+    # Same arithmetic as nn.Dropout on the CPU (a bernoulli_ mask divided by 1-p, then one product),
+    # so the two forms of the network give bitwise equal outputs from equally seeded generators.
+    mask = torch.empty_like(X).bernoulli_(1.0 - p, generator=generator).div_(1.0 - p)
+    return X * mask

@@ -24,6 +24,9 @@ class MLPConfig:
     variant: Variant = "scratch"
 
     def __post_init__(self) -> None:
+        # Lists from JSON or argparse become tuples, so configs compare and hash by value.
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "dropout", tuple(self.dropout))
         if self.num_inputs < 1 or self.num_outputs < 2:
             raise ValueError("num_inputs must be >= 1 and num_outputs >= 2")
         if not self.hidden or any(h < 1 for h in self.hidden):

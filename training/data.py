@@ -7,7 +7,6 @@ import hashlib
 import http.client
 import io
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from models.checkpoint import atomic_write_bytes
 
 LABELS: tuple[str, ...] = (
     "t-shirt",
@@ -219,18 +220,6 @@ def locate(
     return _locate(explicit, hashes, base_url, download, cache_dir)[0]
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not every platform can open a directory.
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fetch(url: str, timeout: float) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -253,17 +242,7 @@ def download(dest: Path, *, base_url: str, hashes: Mapping[str, str], timeout: f
         raw = _fetch(url, timeout)
         # Verify before anything lands on disk under a name that locate() would accept.
         _check_sha256(_gunzip(raw, url), sha256, url)
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{stem}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(raw)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest / f"{stem}.gz")
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(dest)
+        atomic_write_bytes(dest / f"{stem}.gz", raw)
 
 
 def load_fashion_mnist(

@@ -1,0 +1,204 @@
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import fields, replace
+
+import pytest
+import torch
+from torch import nn
+
+from models.engine import MAX_SEED, Engine, MCRequest
+from models.mlp import DropoutMLP, MLPConfig, Variant, build_model
+from models.stats import UncertaintyStats
+
+SMALL = MLPConfig(hidden=(32, 16), dropout=(0.5, 0.3))
+
+
+def make_model(config: MLPConfig = SMALL, variant: Variant = "scratch") -> DropoutMLP:
+    torch.manual_seed(0)
+    model = build_model(replace(config, variant=variant))
+    with torch.no_grad():
+        for linear in model.layers():
+            linear.weight.mul_(3)  # sharper outputs, so that dropout visibly moves them
+    return model
+
+
+def images(batch: int, seed: int = 1) -> torch.Tensor:
+    return torch.rand(batch, 784, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_stats_equal(a: UncertaintyStats, b: UncertaintyStats) -> None:
+    for f in fields(UncertaintyStats):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, f.name
+
+
+def assert_valid(s: UncertaintyStats, batch: int, samples: int) -> None:
+    assert s.samples == samples
+    assert s.votes.shape == (batch, 10)
+    assert torch.equal(s.votes.sum(-1), torch.full((batch,), samples))
+    torch.testing.assert_close(s.mean_probabilities.sum(-1), torch.ones(batch, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("variant", ["scratch", "concise"])
+def test_predict_is_softmax_of_eval_forward(variant: Variant) -> None:
+    model = make_model(variant=variant)
+    engine = Engine(model)
+    X = images(6).reshape(6, 1, 28, 28)
+    probs = engine.predict(X)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(6))
+    with torch.no_grad():
+        assert torch.equal(probs, torch.softmax(model(X), dim=-1))
+
+
+def test_mc_requests_never_touch_module_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model()
+    engine = Engine(model)
+    X = images(4)
+    with torch.no_grad():
+        before, predicted = model(X), engine.predict(X)
+    modes = [m.training for m in model.modules()]
+    calls: list[bool] = []
+    original = nn.Module.train
+
+    def spy(self: nn.Module, mode: bool = True) -> nn.Module:
+        calls.append(mode)
+        return original(self, mode)
+
+    monkeypatch.setattr(nn.Module, "train", spy)
+    engine.uncertainty([MCRequest(X, 50, 1), MCRequest(images(2, 5), 7, None)])
+    assert calls == []
+    assert [m.training for m in model.modules()] == modes
+    assert not any(modes)
+    with torch.no_grad():
+        assert torch.equal(model(X), before)
+    assert torch.equal(engine.predict(X), predicted)
+
+
+def test_seed_reproduces_stats_whatever_shares_the_list() -> None:
+    engine = Engine(make_model(), max_chunk_rows=64)
+    request = MCRequest(images(3), 40, 123)
+    (alone,) = engine.uncertainty([request])
+    assert_valid(alone, 3, 40)
+    others = [MCRequest(images(5, 2), 17, 9), MCRequest(images(1, 3), 90, None)]
+    for position in range(3):
+        batch = [*others[:position], request, *others[position:]]
+        assert_stats_equal(engine.uncertainty(batch)[position], alone)
+    (other_seed,) = engine.uncertainty([MCRequest(images(3), 40, 124)])
+    assert not torch.equal(other_seed.mean_probabilities, alone.mean_probabilities)
+
+
+def test_seed_none_draws_a_fresh_seed() -> None:
+    engine = Engine(make_model())
+    a, b = engine.uncertainty([MCRequest(images(2), 30), MCRequest(images(2), 30)])
+    assert_valid(a, 2, 30)
+    assert_valid(b, 2, 30)
+    assert not torch.equal(a.mean_probabilities, b.mean_probabilities)
+
+
+def _standard_errors(a: torch.Tensor, b: torch.Tensor, n_a: int, n_b: int) -> torch.Tensor:
+    """Standard error of the difference of two independent means, from their population stds."""
+    return (a**2 / n_a + b**2 / n_b).sqrt()
+
+
+def test_chunk_size_changes_nothing_but_the_random_stream() -> None:
+    n, X = 1500, images(2)
+    (tiny,) = Engine(make_model(), max_chunk_rows=1).uncertainty([MCRequest(X, n, 5)])
+    (large,) = Engine(make_model(), max_chunk_rows=100_000).uncertainty([MCRequest(X, n, 5)])
+    assert_valid(tiny, 2, n)
+    assert_valid(large, 2, n)
+    # Two independent n-pass means: agree within 5 standard errors of their difference.
+    se = _standard_errors(tiny.std_probabilities, large.std_probabilities, n, n)
+    assert ((tiny.mean_probabilities - large.mean_probabilities).abs() <= 5 * se + 1e-9).all()
+
+
+@pytest.mark.parametrize(
+    ("config", "variant"),
+    [
+        (SMALL, "scratch"),
+        (SMALL, "concise"),
+        (MLPConfig(hidden=(32, 16), dropout=(0.0, 0.5)), "scratch"),
+    ],
+)
+def test_matches_naive_train_mode_loop(config: MLPConfig, variant: Variant) -> None:
+    n, X = 4000, images(3)
+    model = make_model(config, variant)
+    reference = copy.deepcopy(model).train()
+    torch.manual_seed(11)
+    with torch.no_grad():
+        naive = torch.stack([torch.softmax(reference(X), -1) for _ in range(n)]).double()
+    engine = Engine(model, max_chunk_rows=1000)
+    (s,) = engine.uncertainty([MCRequest(X, n, 3)])
+    assert_valid(s, 3, n)
+    # Independent means of n passes each; 30 entries at 5 SE each fail by chance with p ~ 2e-5.
+    sd = naive.std(0, unbiased=False)
+    se = _standard_errors(s.std_probabilities, sd, n, n)
+    assert ((s.mean_probabilities - naive.mean(0)).abs() <= 5 * se + 1e-9).all()
+    # The stds too: by the delta method a sample std has variance (m4 - sd^4) / (4 sd^2 n), with
+    # m4 the fourth central moment; the difference of two such stds has twice that.
+    m4 = ((naive - naive.mean(0)) ** 4).mean(0)
+    se_sd = (2 * (m4 - sd**4) / (4 * sd**2 * n)).sqrt()
+    assert ((s.std_probabilities - sd).abs() <= 5 * se_sd + 1e-9).all()
+    # The tolerance has power: the MC mean is many standard errors away from the eval prediction.
+    eval_gap = (s.mean_probabilities - engine.predict(X).double()).abs() / (se + 1e-12)
+    assert eval_gap.max() > 10
+
+
+def _counting(module: nn.Module) -> Callable[[], int]:
+    count = [0]
+
+    def hook(*_: object) -> None:
+        count[0] += 1
+
+    module.register_forward_hook(hook)
+    return lambda: count[0]
+
+
+@pytest.mark.parametrize(("samples", "max_chunk_rows"), [(1, 8192), (10, 8192), (10, 9), (25, 1)])
+@pytest.mark.parametrize("dropout", [(0.5, 0.3), (0.0, 0.5)])
+def test_deterministic_prefix_runs_once(
+    samples: int, max_chunk_rows: int, dropout: tuple[float, float]
+) -> None:
+    batch = 3
+    model = make_model(MLPConfig(hidden=(32, 16), dropout=dropout))
+    counts = [_counting(linear) for linear in model.layers()]
+    engine = Engine(model, max_chunk_rows=max_chunk_rows)
+    engine.uncertainty([MCRequest(images(batch), samples, 0)])
+    per_chunk = max(1, max_chunk_rows // batch)
+    chunks = math.ceil(samples / per_chunk)
+    first = dropout.index(next(p for p in dropout if p > 0))
+    # Layers up to the one the first dropout follows run once; the rest once per chunk.
+    expected = [1] * (first + 1) + [chunks] * (len(counts) - first - 1)
+    assert [count() for count in counts] == expected
+
+
+def test_model_without_dropout_refuses_mc() -> None:
+    engine = Engine(make_model(MLPConfig(hidden=(32, 16), dropout=(0.0, 0.0))))
+    assert not engine.supports_mc
+    assert Engine(make_model()).supports_mc
+    with pytest.raises(ValueError, match="dropout"):
+        engine.uncertainty([MCRequest(images(1), 10, 0)])
+
+
+@pytest.mark.parametrize(
+    ("samples", "seed", "message"),
+    [
+        (0, 0, "samples must be at least 1, got 0"),
+        (-3, 0, "samples must be at least 1"),
+        (10, -1, "seed must be in"),
+        (10, MAX_SEED + 1, "seed must be in"),
+    ],
+)
+def test_bad_request_raises(samples: int, seed: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Engine(make_model()).uncertainty([MCRequest(images(1), samples, seed)])
+
+
+def test_largest_seed_is_accepted() -> None:
+    (s,) = Engine(make_model()).uncertainty([MCRequest(images(1), 5, MAX_SEED)])
+    assert_valid(s, 1, 5)
+
+
+def test_bad_chunk_size_raises() -> None:
+    with pytest.raises(ValueError, match="max_chunk_rows must be at least 1"):
+        Engine(make_model(), max_chunk_rows=0)
