@@ -79,11 +79,14 @@ class Registry:
         for file in files:
             try:
                 ckpt = load_checkpoint(file)
-            except CheckpointError:
-                log.exception("refused checkpoint %s", file)
+                engine = Engine(ckpt.model, max_chunk_rows=self.settings.mc_chunk_rows)
+                card = model_card(file.stem, ckpt, self.settings)
+            except CheckpointError as e:
+                log.error("refused checkpoint %s: %s", file, e)
                 continue
-            engine = Engine(ckpt.model, max_chunk_rows=self.settings.mc_chunk_rows)
-            card = model_card(file.stem, ckpt, self.settings)
+            except Exception:  # a bug, not a bad file: keep serving the others, keep the trace
+                log.exception("could not load checkpoint %s", file)
+                continue
             self.models[file.stem] = ServedModel(file.stem, ckpt, engine, card)
             log.info("serving %s version %s from %s", file.stem, ckpt.version, file)
         # Clients see why, never where: no file paths in the reason.
