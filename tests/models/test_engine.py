@@ -1,11 +1,11 @@
 import copy
 import math
-from collections.abc import Callable
 from dataclasses import fields, replace
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from models.engine import MAX_SEED, Engine, MCRequest
 from models.mlp import DropoutMLP, MLPConfig, Variant, build_model
@@ -144,32 +144,33 @@ def test_matches_naive_train_mode_loop(config: MLPConfig, variant: Variant) -> N
     assert eval_gap.max() > 10
 
 
-def _counting(module: nn.Module) -> Callable[[], int]:
-    count = [0]
-
-    def hook(*_: object) -> None:
-        count[0] += 1
-
-    module.register_forward_hook(hook)
-    return lambda: count[0]
-
-
 @pytest.mark.parametrize(("samples", "max_chunk_rows"), [(1, 8192), (10, 8192), (10, 9), (25, 1)])
 @pytest.mark.parametrize("dropout", [(0.5, 0.3), (0.0, 0.5)])
 def test_deterministic_prefix_runs_once(
-    samples: int, max_chunk_rows: int, dropout: tuple[float, float]
+    samples: int, max_chunk_rows: int, dropout: tuple[float, float], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batch = 3
     model = make_model(MLPConfig(hidden=(32, 16), dropout=dropout))
-    counts = [_counting(linear) for linear in model.layers()]
     engine = Engine(model, max_chunk_rows=max_chunk_rows)
+    calls: list[tuple[int, int]] = []  # (rows, out_features) of every linear layer run
+    real_linear = F.linear
+
+    def spy(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        calls.append((x.shape[0], w.shape[0]))
+        return real_linear(x, w, b)
+
+    monkeypatch.setattr(F, "linear", spy)
     engine.uncertainty([MCRequest(images(batch), samples, 0)])
-    per_chunk = max(1, max_chunk_rows // batch)
-    chunks = math.ceil(samples / per_chunk)
+    layers = model.layers()
     first = dropout.index(next(p for p in dropout if p > 0))
-    # Layers up to the one the first dropout follows run once; the rest once per chunk.
-    expected = [1] * (first + 1) + [chunks] * (len(counts) - first - 1)
-    assert [count() for count in counts] == expected
+    # Layers up to the one the first dropout follows run once, on the batch alone ...
+    assert calls[: first + 1] == [(batch, linear.out_features) for linear in layers[: first + 1]]
+    # ... the rest once per chunk, and every pass of every instance goes through each once.
+    per_chunk = max(1, max_chunk_rows // batch)
+    tail, rest = calls[first + 1 :], layers[first + 1 :]
+    assert len(tail) == math.ceil(samples / per_chunk) * len(rest)
+    for linear in rest:
+        assert sum(rows for rows, out in tail if out == linear.out_features) == samples * batch
 
 
 def test_model_without_dropout_refuses_mc() -> None:

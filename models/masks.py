@@ -1,0 +1,55 @@
+"""Bernoulli keep-masks from packed random words, the cheap part of fast MC dropout.
+
+torch's bernoulli_ costs about 14 ns an element on this CPU; drawing int64 words and comparing
+their 8- or 16-bit lanes against a threshold costs about 1 to 2.5 ns (bench/engine.py).
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass(frozen=True)
+class MaskSampler:
+    """Keeps each element with probability `keep`, the nearest multiple of 2**-bits to 1-p.
+
+    8-bit lanes when 256 (1-p) is whole (p = 0.5, 0.25, ...), else 16-bit lanes: the keep rate is
+    then within 2**-17 of 1-p, and `scale` = 1/keep makes the masked activations unbiased exactly.
+    """
+
+    p: float
+    bits: int = field(init=False)
+    keep: float = field(init=False)
+    _threshold: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p < 1.0:
+            raise ValueError(f"a mask needs 0 < p < 1, got {self.p}")
+        bits = 8 if (256 * (1 - self.p)).is_integer() else 16
+        count = max(1, round((1 - self.p) * 2**bits))  # lanes below the threshold are kept
+        object.__setattr__(self, "bits", bits)
+        object.__setattr__(self, "keep", count / 2**bits)
+        # Lanes are signed and uniform on [-2**(bits-1), 2**(bits-1)): P(lane < t) = count/2**bits.
+        object.__setattr__(self, "_threshold", count - 2 ** (bits - 1))
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / self.keep
+
+    def sample(
+        self, shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """A 0/1 mask of `shape` and `dtype` on the generator's device."""
+        n = math.prod(shape)
+        lanes_per_word = 64 // self.bits
+        words = torch.empty(
+            -(-n // lanes_per_word), dtype=torch.int64, device=generator.device
+        ).random_(_INT64_MIN, _INT64_MAX, generator=generator)
+        lanes = words.view(torch.int8 if self.bits == 8 else torch.int16)[:n].view(shape)
+        # Comparing straight into a float tensor is about 3x faster here than making a bool
+        # mask, and the float mask multiplies without a type-promoting copy.
+        mask = torch.empty(shape, dtype=dtype, device=generator.device)
+        return torch.lt(lanes, self._threshold, out=mask)
