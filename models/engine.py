@@ -11,13 +11,15 @@ rows x 4 B x 3 x (sum of hidden sizes + classes), 51 MB for 784-256-256-10 at th
 statistics are accumulated per chunk in O(batch x classes), independent of N.
 """
 
+import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
+from models.checkpoint import Checkpoint
 from models.masks import MaskSampler
 from models.mlp import DropoutMLP, forward_layers
 from models.stats import StatsAccumulator, UncertaintyStats
@@ -33,27 +35,49 @@ class MCRequest:
 
 
 class Engine:
-    def __init__(self, model: DropoutMLP, *, max_chunk_rows: int = 8192) -> None:
+    """Eval and MC inference for one model; temperatures (fitted on validation data, see
+    models/calibration.py) divide the logits of each mode."""
+
+    def __init__(
+        self,
+        model: DropoutMLP,
+        *,
+        max_chunk_rows: int = 8192,
+        temperature_eval: float = 1.0,
+        temperature_mc: float = 1.0,
+    ) -> None:
         if max_chunk_rows < 1:
             raise ValueError("max_chunk_rows must be at least 1")
+        for name, t in (("temperature_eval", temperature_eval), ("temperature_mc", temperature_mc)):
+            if not (t > 0 and math.isfinite(t)):
+                raise ValueError(f"{name} must be a positive number, got {t}")
         model.eval()  # once, at load: BatchNorm or the like would stay in eval behaviour
         model.requires_grad_(False)
         self.model = model
         self.max_chunk_rows = max_chunk_rows
+        self.temperature_eval = temperature_eval
+        self.temperature_mc = temperature_mc
         self.linears = model.layers()
         self.ps = model.config.dropout
         self.device = self.linears[0].weight.device
         # The prefix runs up to and including the hidden layer that the first dropout follows.
         self.first_dropout = next((i for i, p in enumerate(self.ps) if p > 0), None)
         self.samplers = [MaskSampler(p) if p > 0 else None for p in self.ps]
-        # Each dropout's 1/keep is folded into the next layer's weights, once: (h * m / q) W^T =
-        # (h * m) (W / q)^T, which saves a pass over every masked activation.
-        self.tail: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Constants are folded into weights once: each dropout's 1/keep into the next layer,
+        # (h * m / q) W^T = (h * m) (W / q)^T, and 1/temperature into the last one. That saves
+        # a pass over every masked activation and over the logits.
+        self.tail: list[tuple[torch.Tensor, torch.Tensor]] = []  # ([out, in], [out])
         if self.first_dropout is not None:
-            for i, linear in enumerate(self.linears[self.first_dropout + 1 :], self.first_dropout):
+            rest = self.linears[self.first_dropout + 1 :]
+            for i, linear in enumerate(rest, self.first_dropout):
                 sampler = self.samplers[i]
                 scale = sampler.scale if sampler is not None else 1.0
-                self.tail.append((linear.weight * scale, linear.bias))  # [out, in]
+                if linear is rest[-1]:
+                    self.tail.append(
+                        (linear.weight * (scale / temperature_mc), linear.bias / temperature_mc)
+                    )
+                else:
+                    self.tail.append((linear.weight * scale, linear.bias))
 
     @property
     def supports_mc(self) -> bool:
@@ -63,12 +87,26 @@ class Engine:
         """Eval-mode class probabilities [batch, classes]."""
         with torch.inference_mode():
             logits = forward_layers(self.linears, self.ps, X.to(self.device), dropout=False)
-            return F.softmax(logits, dim=-1)
+            return F.softmax(logits / self.temperature_eval, dim=-1)
 
     def uncertainty(self, requests: Sequence[MCRequest]) -> list[UncertaintyStats]:
         return [self._mc(r) for r in requests]
 
+    @torch.inference_mode()
+    def sample_logits(self, request: MCRequest) -> torch.Tensor:
+        """Every pass's logits [samples, batch, classes] (divided by temperature_mc), for
+        calibration and research; the same passes as uncertainty() draws for this request."""
+        return torch.cat(list(self._logit_chunks(request)))
+
+    @torch.inference_mode()
     def _mc(self, request: MCRequest) -> UncertaintyStats:
+        acc = StatsAccumulator(request.X.shape[0], self.linears[-1].out_features, self.device)
+        for logits in self._logit_chunks(request):
+            acc.add(F.softmax(logits, dim=-1))  # [passes, batch, classes]
+        return acc.finish()
+
+    def _logit_chunks(self, request: MCRequest) -> Iterator[torch.Tensor]:
+        """The passes in chunks of [passes, batch, classes]; callers run it in inference mode."""
         first = self.first_dropout
         if first is None:
             raise ValueError("the model has no dropout layer with p > 0: MC dropout is undefined")
@@ -82,29 +120,36 @@ class Engine:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         first_sampler = self.samplers[first]
         assert first_sampler is not None
-        with torch.inference_mode():
-            H = request.X.to(self.device).reshape(request.X.shape[0], -1)
-            for linear in self.linears[: first + 1]:
-                H = F.relu(linear(H))  # [batch, width], computed once for all passes
-            # Units that ReLU zeroed for every instance contribute nothing in any pass: drop their
-            # columns (and the matching weight rows). For one image that is about 60% of them.
-            active = (H > 0).any(0).nonzero().squeeze(1)
-            weights = [w for w, _ in self.tail]
-            if active.numel() < H.shape[1]:
-                H, weights[0] = H.index_select(1, active), weights[0].index_select(1, active)
-            batch, width = H.shape
-            acc = StatsAccumulator(batch, self.linears[-1].out_features, self.device)
-            per_chunk = max(1, self.max_chunk_rows // batch)
-            for start in range(0, request.samples, per_chunk):
-                k = min(per_chunk, request.samples - start)
-                # [passes, batch, width]: broadcasting the shared H against the masks is the copy.
-                A = (H * first_sampler.sample((k, batch, width), generator)).view(k * batch, width)
-                for weight, (_, bias), sampler in zip(
-                    weights[:-1], self.tail[:-1], self.samplers[first + 1 :], strict=True
-                ):
-                    A = F.linear(A, weight, bias).relu_()
-                    if sampler is not None:
-                        A.mul_(sampler.sample(A.shape, generator))
-                logits = F.linear(A, weights[-1], self.tail[-1][1]).view(k, batch, -1)
-                acc.add(F.softmax(logits, dim=-1))  # [passes, batch, classes]
-            return acc.finish()
+        H = request.X.to(self.device).reshape(request.X.shape[0], -1)
+        for linear in self.linears[: first + 1]:
+            H = F.relu(linear(H))  # [batch, width], computed once for all passes
+        # Units that ReLU zeroed for every instance contribute nothing in any pass: drop their
+        # columns (and the matching weight columns). For one image that is about 60% of them.
+        active = (H > 0).any(0).nonzero().squeeze(1)
+        weights = [w for w, _ in self.tail]
+        if active.numel() < H.shape[1]:
+            H, weights[0] = H.index_select(1, active), weights[0].index_select(1, active)
+        batch, width = H.shape
+        per_chunk = max(1, self.max_chunk_rows // batch)
+        for start in range(0, request.samples, per_chunk):
+            k = min(per_chunk, request.samples - start)
+            # [passes, batch, width]: broadcasting the shared H against the masks is the copy.
+            A = (H * first_sampler.sample((k, batch, width), generator)).view(k * batch, width)
+            for weight, (_, bias), sampler in zip(
+                weights[:-1], self.tail[:-1], self.samplers[first + 1 :], strict=True
+            ):
+                A = F.linear(A, weight, bias).relu_()
+                if sampler is not None:
+                    A.mul_(sampler.sample(A.shape, generator))
+            yield F.linear(A, weights[-1], self.tail[-1][1]).view(k, batch, -1)
+
+
+def engine_for(checkpoint: Checkpoint, max_chunk_rows: int = 8192) -> Engine:
+    """The engine a checkpoint asks for: its fitted temperatures, if it has any."""
+    calibration = checkpoint.metadata.get("calibration") or {}
+    return Engine(
+        checkpoint.model,
+        max_chunk_rows=max_chunk_rows,
+        temperature_eval=float(calibration.get("temperature_eval", 1.0)),
+        temperature_mc=float(calibration.get("temperature_mc", 1.0)),
+    )

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from models.engine import Engine
+from models.engine import Engine, engine_for
 from service.pixels import FEATURES, SIDE
-from service.schemas import Architecture, InputSpec, ModelCard, SampleLimits
+from service.schemas import Architecture, Calibration, InputSpec, ModelCard, SampleLimits
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,10 @@ class ServedModel:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.checkpoint.labels
+
+    @property
+    def abstain_below(self) -> float | None:
+        return self.card.calibration.abstain_below_agreement if self.card.calibration else None
 
 
 def model_card(name: str, ckpt: Checkpoint, settings: Settings) -> ModelCard:
@@ -51,6 +55,9 @@ def model_card(name: str, ckpt: Checkpoint, settings: Settings) -> ModelCard:
         sha256=ckpt.sha256,
         created_at=str(meta.get("created_at", "")),
         samples=SampleLimits(default=settings.default_samples, maximum=settings.max_samples),
+        calibration=Calibration.model_validate(meta["calibration"])
+        if "calibration" in meta
+        else None,
     )
 
 
@@ -79,7 +86,7 @@ class Registry:
         for file in files:
             try:
                 ckpt = load_checkpoint(file)
-                engine = Engine(ckpt.model, max_chunk_rows=self.settings.mc_chunk_rows)
+                engine = engine_for(ckpt, self.settings.mc_chunk_rows)
                 card = model_card(file.stem, ckpt, self.settings)
             except CheckpointError as e:
                 log.error("refused checkpoint %s: %s", file, e)

@@ -3,6 +3,7 @@ from typing import Annotated, Any
 import torch
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 
+from models.calibration import wilson_interval
 from models.engine import MCRequest
 from models.stats import UncertaintyStats
 from service.pixels import InstanceError, to_pixels
@@ -125,10 +126,15 @@ def predict(body: PredictRequest, served: ModelDep, registry: RegistryDep) -> Pr
     )
 
 
-def _uncertainty_items(stats: UncertaintyStats, labels: tuple[str, ...]) -> list[dict[str, Any]]:
+def _uncertainty_items(stats: UncertaintyStats, served: ServedModel) -> list[dict[str, Any]]:
+    winners = stats.votes.gather(1, stats.class_index[:, None]).squeeze(1)
+    low, high = wilson_interval(winners, stats.samples)
+    threshold = served.abstain_below
     columns = {
         "class_index": stats.class_index.tolist(),
         "agreement": stats.agreement.tolist(),
+        "agreement_interval": torch.stack((low, high), 1).tolist(),
+        "abstain": [None if threshold is None else a < threshold for a in stats.agreement.tolist()],
         "votes": stats.votes.tolist(),
         "mean_probabilities": stats.mean_probabilities.tolist(),
         "std_probabilities": stats.std_probabilities.tolist(),
@@ -140,7 +146,7 @@ def _uncertainty_items(stats: UncertaintyStats, labels: tuple[str, ...]) -> list
         dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
     ]
     for row in rows:
-        row["label"] = labels[row["class_index"]]
+        row["label"] = served.labels[row["class_index"]]
     return rows
 
 
@@ -172,6 +178,6 @@ def uncertainty(
             "version": served.version,
             "samples": samples,
             "seed": body.seed,
-            "predictions": _uncertainty_items(stats, served.labels),
+            "predictions": _uncertainty_items(stats, served),
         }
     )

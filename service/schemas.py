@@ -63,6 +63,12 @@ class UncertaintyPrediction(BaseModel):
     class_index: int = Field(description="argmax of the mean probabilities")
     label: str
     agreement: float = Field(description="share of the N passes whose argmax is class_index")
+    agreement_interval: list[float] = Field(
+        description="95% Wilson interval [low, high] for the agreement of infinitely many passes"
+    )
+    abstain: bool | None = Field(
+        description="agreement below the model's calibrated threshold; null if it has none"
+    )
     votes: list[int] = Field(description="passes voting for each class; sums to N")
     mean_probabilities: list[float]
     std_probabilities: list[float] = Field(description="population std over the N passes")
@@ -97,6 +103,21 @@ class SampleLimits(BaseModel):
     maximum: int
 
 
+class Calibration(BaseModel):
+    """Fitted on the validation split by `python -m training calibrate` (or at training)."""
+
+    temperature_eval: float
+    temperature_mc: float
+    samples: int = Field(description="MC passes the threshold was chosen at")
+    abstain_below_agreement: float
+    target_selective_accuracy: float
+    target_reached: bool
+    coverage_val: float
+    selective_accuracy_val: float
+    coverage_test: float | None
+    selective_accuracy_test: float | None
+
+
 class ModelCard(BaseModel):
     name: str
     version: str
@@ -107,6 +128,7 @@ class ModelCard(BaseModel):
     sha256: str
     created_at: str
     samples: SampleLimits
+    calibration: Calibration | None
 
 
 class ModelList(BaseModel):

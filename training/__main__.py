@@ -1,13 +1,15 @@
-"""python -m training {train,evaluate} ..."""
+"""python -m training {train,calibrate,evaluate} ..."""
 
 import argparse
 import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from models.checkpoint import CheckpointError
-from training import evaluate, train
+from models.mlp import DropoutMLP
+from training import calibrate, evaluate, train
 from training.data import DataError
 
 
@@ -38,9 +40,24 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--val-size", type=int, default=d.val_size)
     t.add_argument("--limit", type=int, help="use only the first N training examples")
-    t.add_argument("--dry-run", action="store_true", help="1 epoch on 2048 examples")
+    t.add_argument("--dry-run", action="store_true", help="1 epoch on 2048 examples, N=10")
     t.add_argument("--no-resume", dest="resume", action="store_false")
     t.add_argument("--no-progress", dest="progress", action="store_false")
+
+    c = sub.add_parser("calibrate", help="fit temperatures and the abstention threshold again")
+    c.add_argument("checkpoint", type=Path)
+    c.add_argument("--data-dir", type=Path)
+    for parser_ in (t, c):
+        parser_.add_argument(
+            "--calibration-samples", type=int, default=100, help="MC passes used to calibrate"
+        )
+        parser_.add_argument("--calibration-seed", type=int, default=0)
+        parser_.add_argument(
+            "--target-accuracy",
+            type=float,
+            default=0.99,
+            help="selective accuracy the abstention threshold aims at (on validation)",
+        )
 
     e = sub.add_parser("evaluate", help="test accuracy in eval and MC mode, and agreement")
     e.add_argument("checkpoint", type=Path)
@@ -57,9 +74,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             if args.dry_run:
-                args.epochs, args.limit = 1, 2048
-            options = {k: v for k, v in vars(args).items() if k not in ("command", "dry_run")}
-            train.run(train.TrainConfig(**options))
+                args.epochs, args.limit, args.calibration_samples = 1, 2048, 10
+            skip = {"command", "dry_run", "calibration_samples", "calibration_seed"}
+            skip.add("target_accuracy")
+            options = {k: v for k, v in vars(args).items() if k not in skip}
+
+            def finalize(model: DropoutMLP, val: train.Split, test: train.Split) -> dict[str, Any]:
+                fitted = calibrate.calibrate(
+                    model,
+                    val,
+                    test,
+                    samples=args.calibration_samples,
+                    seed=args.calibration_seed,
+                    target=args.target_accuracy,
+                )
+                return {"calibration": fitted.to_dict()}
+
+            train.run(train.TrainConfig(**options), finalize)
+        elif args.command == "calibrate":
+            fitted = calibrate.run(
+                args.checkpoint,
+                args.data_dir,
+                args.calibration_samples,
+                args.calibration_seed,
+                args.target_accuracy,
+            )
+            print(json.dumps(fitted.to_dict(), indent=2))
         else:
             result = evaluate.run(args.checkpoint, args.data_dir, args.samples, args.seed)
             if args.json:

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.engine import Engine, MCRequest
+from models.engine import Engine, MCRequest, engine_for
 from training.data import load_fashion_mnist
 from training.train import Split
 
@@ -55,7 +55,7 @@ def evaluate_engine(
 
 
 def run(checkpoint: Path, data_dir: Path | None, samples: int, seed: int) -> Evaluation:
-    engine = Engine(load_checkpoint(checkpoint).model)
+    engine = engine_for(load_checkpoint(checkpoint))
     data = load_fashion_mnist(data_dir)
     return evaluate_engine(
         engine, Split.from_numpy(data.test_images, data.test_labels), samples, seed

@@ -250,8 +250,14 @@ def fit(
     return model, state
 
 
-def run(cfg: TrainConfig) -> Path:
-    """Train, then write the checkpoint, its history and the test accuracy (eval mode)."""
+Finalize = Callable[[DropoutMLP, Split, Split], dict[str, Any]]
+
+
+def run(cfg: TrainConfig, finalize: Finalize | None = None) -> Path:
+    """Train, then write the checkpoint, its history and the test accuracy (eval mode).
+
+    finalize(model, val, test) returns more metadata for the checkpoint (e.g. calibration).
+    """
     started = time.monotonic()
     data, train, val, test = load_splits(cfg)
     spath, hpath = state_path(cfg.out), history_path(cfg.out)
@@ -296,6 +302,8 @@ def run(cfg: TrainConfig) -> Path:
             "train_seconds": round(time.monotonic() - started, 1),
         },
     }
+    if finalize is not None:
+        meta |= finalize(model, val, test)
     save_checkpoint(cfg.out, model, LABELS, meta)
     spath.unlink(missing_ok=True)  # the run is complete: a new one starts afresh
     log.info("test accuracy %.4f (eval mode); wrote %s", test_acc, cfg.out)

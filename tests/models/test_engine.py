@@ -1,13 +1,15 @@
 import copy
 import math
 from dataclasses import fields, replace
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.engine import MAX_SEED, Engine, MCRequest
+from models.checkpoint import load_checkpoint, save_checkpoint
+from models.engine import MAX_SEED, Engine, MCRequest, engine_for
 from models.mlp import DropoutMLP, MLPConfig, Variant, build_model
 from models.stats import UncertaintyStats
 
@@ -203,3 +205,39 @@ def test_largest_seed_is_accepted() -> None:
 def test_bad_chunk_size_raises() -> None:
     with pytest.raises(ValueError, match="max_chunk_rows must be at least 1"):
         Engine(make_model(), max_chunk_rows=0)
+
+
+def test_temperatures_divide_the_logits_of_each_mode(tmp_path: Path) -> None:
+    model = make_model()
+    X = images(5)
+    raw = Engine(copy.deepcopy(model))
+    tempered = Engine(copy.deepcopy(model), temperature_eval=2.0, temperature_mc=0.5)
+    with torch.no_grad():
+        logits = model.eval()(X)
+    torch.testing.assert_close(tempered.predict(X), torch.softmax(logits / 2.0, dim=-1))
+    request = MCRequest(X, 20, 9)
+    torch.testing.assert_close(
+        tempered.sample_logits(request), raw.sample_logits(request) / 0.5, rtol=1e-5, atol=1e-5
+    )
+    # The statistics are those of the tempered passes.
+    stats = tempered.uncertainty([request])[0]
+    expected = torch.softmax(raw.sample_logits(request).double() / 0.5, dim=-1).mean(0)
+    torch.testing.assert_close(stats.mean_probabilities, expected, rtol=1e-5, atol=1e-6)
+
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(
+        path,
+        model,
+        [str(i) for i in range(10)],
+        {"calibration": {"temperature_eval": 2.0, "temperature_mc": 0.5}},
+    )
+    from_file = engine_for(load_checkpoint(path))
+    assert (from_file.temperature_eval, from_file.temperature_mc) == (2.0, 0.5)
+    save_checkpoint(path, model, [str(i) for i in range(10)], {})
+    assert engine_for(load_checkpoint(path)).temperature_mc == 1.0
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_temperature_is_refused(bad: float) -> None:
+    with pytest.raises(ValueError, match="temperature_mc must be a positive number"):
+        Engine(make_model(), temperature_mc=bad)

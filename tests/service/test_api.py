@@ -54,6 +54,7 @@ def test_model_card(client: TestClient, model_dir: Path) -> None:
     assert card["input"]["also_accepts"] == [28, 28]
     assert card["samples"] == {"default": 20, "maximum": 500}
     assert card["metrics"] == {"test_accuracy": 0.5}
+    assert card["calibration"] is None
     assert client.get("/v1/models").json() == {"models": [card]}
 
 
@@ -111,6 +112,9 @@ def test_uncertainty_statistics(client: TestClient) -> None:
         assert pred["mutual_information"] == pytest.approx(
             pred["predictive_entropy"] - pred["expected_entropy"], abs=1e-9
         )
+        low, high = pred["agreement_interval"]
+        assert low <= pred["agreement"] <= high
+        assert pred["abstain"] is None  # the tiny model has no calibrated threshold
 
 
 def test_uncertainty_seed_and_defaults(client: TestClient) -> None:
@@ -287,3 +291,55 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
     }
     responses = paths["/v1/models/{model}/uncertainty"]["post"]["responses"]
     assert {"200", "404", "413", "422", "503"} <= set(responses)
+
+
+CALIBRATION = {
+    "samples": 100,
+    "seed": 0,
+    "temperature_eval": 2.0,
+    "temperature_mc": 0.5,
+    "nll_val_eval": [0.5, 0.4],
+    "nll_val_mc": [0.5, 0.4],
+    "target_selective_accuracy": 0.99,
+    "abstain_below_agreement": 0.9,
+    "target_reached": True,
+    "coverage_val": 0.6,
+    "selective_accuracy_val": 0.99,
+    "coverage_test": 0.58,
+    "selective_accuracy_test": 0.985,
+}
+
+
+def test_calibrated_model_applies_temperatures_and_abstains(tmp_path: Path) -> None:
+    from models.checkpoint import save_checkpoint
+    from models.mlp import build_model
+    from tests.service.conftest import TINY
+
+    torch.manual_seed(3)
+    model = build_model(TINY)
+    save_checkpoint(tmp_path / "cal.safetensors", model, LABELS, {"calibration": CALIBRATION})
+    x = images(4)
+    with make_client(Settings(model_path=tmp_path)) as c:
+        wait_ready(c)
+        card = c.get("/v1/models/cal").json()
+        shown = {k: v for k, v in CALIBRATION.items() if k not in ("seed", "nll_val_eval")}
+        shown.pop("nll_val_mc")
+        assert card["calibration"] == shown
+        response = c.post("/v1/models/cal/predict", json={"instances": x}).json()
+        probs = torch.tensor([p["probabilities"] for p in response["predictions"]])
+        with torch.no_grad():
+            expected = torch.softmax(model.eval()(torch.tensor(x)) / 2.0, dim=-1)
+        torch.testing.assert_close(probs, expected)
+
+        body = {"instances": x, "samples": 40, "seed": 1}
+        preds = c.post("/v1/models/cal/uncertainty", json=body).json()["predictions"]
+        assert {p["abstain"] for p in preds} <= {True, False}
+        for p in preds:
+            assert p["abstain"] == (p["agreement"] < 0.9)
+            # Wilson 95% for k of n, by hand.
+            k, n, z = p["votes"][p["class_index"]], 40, 1.959963984540054
+            centre = (k / n + z * z / (2 * n)) / (1 + z * z / n)
+            half = z * math.sqrt(k / n * (1 - k / n) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+            assert p["agreement_interval"] == pytest.approx(
+                [max(0.0, centre - half), min(1.0, centre + half)], abs=1e-12
+            )

@@ -91,7 +91,27 @@ def test_cli_dry_run_then_evaluate_on_real_data(
     assert [h["epoch"] for h in history] == [1]
     assert not state_path(out).exists()  # a finished run leaves no resume state
 
+    cal = ckpt.metadata["calibration"]
+    assert cal["samples"] == 10
+    assert cal["temperature_eval"] > 0
+    assert cal["temperature_mc"] > 0
+    assert cal["nll_val_mc"][1] <= cal["nll_val_mc"][0]  # the fit never makes NLL worse
+    assert 0 < cal["coverage_val"] <= 1
+    assert 0 < cal["coverage_test"] <= 1
+    assert cal["target_reached"] == (cal["selective_accuracy_val"] >= 0.99)
+
     capsys.readouterr()
+    args = ["calibrate", str(out), "--calibration-samples", "10", "--target-accuracy", "0.6"]
+    assert cli.main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    again = load_checkpoint(out)
+    assert again.metadata["calibration"] == printed
+    assert printed["target_selective_accuracy"] == 0.6
+    assert printed["coverage_val"] >= cal["coverage_val"]  # a lower target answers more
+    assert again.metadata["metrics"] == ckpt.metadata["metrics"]
+    for a, b in zip(weights_of(ckpt.model).values(), weights_of(again.model).values(), strict=True):
+        assert torch.equal(a, b)
+
     assert cli.main(["evaluate", str(out), "--samples", "10", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["examples"] == 10000
