@@ -10,6 +10,7 @@ Run: .venv/bin/python bench/engine.py [--threads 1] [--quick]
 
 import argparse
 import copy
+import itertools
 import platform
 import statistics
 import time
@@ -57,7 +58,7 @@ def request_flops(config: MLPConfig, batch: int, n: int) -> float:
     # Ours runs the first layer once per request and the others once per pass.
     sizes = config.sizes
     first = 2 * batch * sizes[0] * sizes[1]
-    rest = sum(2 * batch * n * i * o for i, o in zip(sizes[1:-1], sizes[2:], strict=True))
+    rest = sum(2 * batch * n * i * o for i, o in itertools.pairwise(sizes[1:]))
     return first + rest
 
 
@@ -73,21 +74,33 @@ def main() -> None:
     engine = Engine(copy.deepcopy(model))
     peak = gemm_flops_per_second()
     cases = [(1, 100)] if args.quick else [(b, n) for b in (1, 32, 256) for n in (10, 100, 1000)]
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} thread(s), GEMM {peak / 1e9:.0f} GFLOP/s")
-    print("| B | N | naive ms | replicate ms | ours ms | floor ms | naive/ours | "
-          "replicate/ours | ours/floor |")
+    print(
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} thread(s), GEMM {peak / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        "| B | N | naive ms | replicate ms | ours ms | floor ms | naive/ours | "
+        "replicate/ours | ours/floor |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for batch, n in cases:
-        X = torch.rand(batch, 784)
-        budget = 2.0 if batch * n <= 3200 else 4.0
-        t_naive = seconds(lambda: naive(model, X, n), budget)
-        t_rep = seconds(lambda: replicate(model, X, n), budget)
-        t_ours = seconds(lambda: engine.uncertainty([MCRequest(X, n, 0)]), budget)
-        floor = request_flops(config, batch, n) / peak
-        print(f"| {batch} | {n} | {t_naive * 1e3:.3f} | {t_rep * 1e3:.3f} | {t_ours * 1e3:.3f} | "
-              f"{floor * 1e3:.4f} | {t_naive / t_ours:.1f} | {t_rep / t_ours:.1f} | "
-              f"{t_ours / floor:.1f} |")
+        print(row(model, engine, config, peak, batch, n))
+
+
+def row(
+    model: DropoutMLP, engine: Engine, config: MLPConfig, peak: float, batch: int, n: int
+) -> str:
+    X = torch.rand(batch, 784)
+    budget = 2.0 if batch * n <= 3200 else 4.0
+    t_naive = seconds(lambda: naive(model, X, n), budget)
+    t_rep = seconds(lambda: replicate(model, X, n), budget)
+    t_ours = seconds(lambda: engine.uncertainty([MCRequest(X, n, 0)]), budget)
+    floor = request_flops(config, batch, n) / peak
+    return (
+        f"| {batch} | {n} | {t_naive * 1e3:.3f} | {t_rep * 1e3:.3f} | {t_ours * 1e3:.3f} | "
+        f"{floor * 1e3:.4f} | {t_naive / t_ours:.1f} | {t_rep / t_ours:.1f} | "
+        f"{t_ours / floor:.1f} |"
+    )
 
 
 if __name__ == "__main__":
