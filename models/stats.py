@@ -49,12 +49,12 @@ class StatsAccumulator:
         # E[p^2] - E[p]^2 can come out a rounding error below zero.
         std = (mean_sq - mean * mean).clamp_min(0.0).sqrt()
         class_index = mean.argmax(-1)
-        agreement = self.votes.gather(1, class_index[:, None]).squeeze(1) / self.n
+        agreement = self.votes.gather(1, class_index[:, None]).squeeze(1).double() / self.n
         predictive = entropy(mean)
         expected = -mean_plogp.sum(-1)
         return UncertaintyStats(
             class_index=class_index,
-            agreement=agreement.double(),
+            agreement=agreement,
             votes=self.votes,
             mean_probabilities=mean,
             std_probabilities=std,

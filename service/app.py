@@ -11,9 +11,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import ApiKey
+from service.observability import Metrics, RequestContext
 from service.registry import Registry
-from service.routes import health, v1
+from service.routes import health, operations, v1
 from service.settings import Settings
+from service.v2 import v2
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +56,49 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    request_id = getattr(request.state, "request_id", None)
+    log.error(
+        "unhandled error on %s %s",
+        request.method,
+        request.url.path,
+        exc_info=exc,
+        extra={"request_id": request_id},
+    )
     return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def publish_limits(app: FastAPI, settings: Settings) -> None:
+    """Write this server's limits into its OpenAPI schema, so that clients (and fuzzers) see
+    them; only instances x samples, a product, has no JSON-schema form (413 says it)."""
+    default_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = default_openapi()
+            components = schema["components"]["schemas"]
+            for name in ("PredictRequest", "UncertaintyRequest"):
+                components[name]["properties"]["instances"]["maxItems"] = settings.max_instances
+            for option in components["UncertaintyRequest"]["properties"]["samples"]["anyOf"]:
+                if option.get("type") == "integer":
+                    option["maximum"] = settings.max_samples
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
+    metrics = Metrics()
+    registry = Registry(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        registry = Registry(settings)
         # Loading runs in a thread: /health/live answers at once and /health/ready says 503.
         loading = asyncio.create_task(asyncio.to_thread(registry.load))
-        yield {"registry": registry}
+        yield {"registry": registry, "metrics": metrics}
         await loading
 
     app = FastAPI(
@@ -76,9 +107,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.registry = registry  # for the process's signal handling (service/__main__.py)
     app.include_router(health)
+    app.include_router(operations)
     app.include_router(v1)
+    app.include_router(v2)
+    # The last added runs first: ids and metrics see every answer, 401 and 413 included.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.api_key is not None:
+        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
+    app.add_middleware(RequestContext, metrics=metrics)
+    publish_limits(app, settings)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(Exception, server_error)
     return app

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from models.engine import Engine, engine_for
+from service.observability import Metrics
 from service.pixels import FEATURES, SIDE
 from service.schemas import Architecture, Calibration, InputSpec, ModelCard, SampleLimits
 from service.settings import Settings
@@ -68,15 +69,29 @@ def checkpoint_files(path: Path) -> list[Path]:
 
 
 class Registry:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.models: dict[str, ServedModel] = {}
         self.reason = "loading models"
         self._loaded = threading.Event()
+        self._draining = False
+
+    @property
+    def serving(self) -> bool:
+        """Models are loaded: requests are answered, while draining too."""
+        return self._loaded.is_set() and bool(self.models)
 
     @property
     def ready(self) -> bool:
-        return self._loaded.is_set() and bool(self.models)
+        """For readiness probes: serving, and not shutting down."""
+        return self.serving and not self._draining
+
+    def drain(self) -> None:
+        """Shutting down: readiness says 503 so that load balancers stop sending requests;
+        requests already in flight are still served."""
+        self._draining = True
+        self.reason = "shutting down"
 
     def load(self) -> None:
         """Load every checkpoint; a bad one is refused and logged, the good ones are served."""
@@ -90,12 +105,18 @@ class Registry:
                 card = model_card(file.stem, ckpt, self.settings)
             except CheckpointError as e:
                 log.error("refused checkpoint %s: %s", file, e)
+                self.metrics.load_failures.inc()
                 continue
             except Exception:  # a bug, not a bad file: keep serving the others, keep the trace
                 log.exception("could not load checkpoint %s", file)
+                self.metrics.load_failures.inc()
                 continue
             self.models[file.stem] = ServedModel(file.stem, ckpt, engine, card)
+            self.metrics.model_info.labels(file.stem, ckpt.version).set(1)
             log.info("serving %s version %s from %s", file.stem, ckpt.version, file)
         # Clients see why, never where: no file paths in the reason.
-        self.reason = "" if self.models else "no valid checkpoint could be loaded (see server log)"
+        if not self._draining:
+            self.reason = (
+                "" if self.models else "no valid checkpoint could be loaded (see server log)"
+            )
         self._loaded.set()

@@ -2,10 +2,13 @@ from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.calibration import wilson_interval
 from models.engine import MCRequest
 from models.stats import UncertaintyStats
+from service.observability import Metrics
 from service.pixels import InstanceError, to_pixels
 from service.registry import Registry, ServedModel
 from service.schemas import (
@@ -28,11 +31,17 @@ def get_registry(request: Request) -> Registry:
     return registry
 
 
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.state.metrics
+    return metrics
+
+
 RegistryDep = Annotated[Registry, Depends(get_registry)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 
 
 def get_model(model: str, registry: RegistryDep) -> ServedModel:
-    if not registry.ready:
+    if not registry.serving:
         raise HTTPException(503, f"not ready: {registry.reason}", headers=RETRY_AFTER)
     served = registry.models.get(model)
     if served is None:
@@ -44,9 +53,12 @@ def get_model(model: str, registry: RegistryDep) -> ServedModel:
 ModelDep = Annotated[ServedModel, Depends(get_model)]
 
 health = APIRouter(prefix="/health", tags=["health"])
+operations = APIRouter(tags=["operations"])
 v1 = APIRouter(prefix="/v1/models", tags=["v1"])
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorDetail, "description": "Missing or invalid API key (when one is set)"},
+    400: {"model": ErrorDetail, "description": "A body that is not JSON text (e.g. not UTF-8)"},
     404: {"model": ErrorDetail, "description": "Unknown model"},
     413: {
         "model": ErrorDetail,
@@ -72,15 +84,25 @@ def ready(registry: RegistryDep, response: Response) -> Health:
     return Health(status="not ready", reason=registry.reason)
 
 
-@v1.get("", responses={503: ERRORS[503]})
+@operations.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+)
+def metrics(metrics: MetricsDep) -> PlainTextResponse:
+    """Prometheus metrics: requests, latency, batch sizes, MC samples, agreement, load failures."""
+    return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@v1.get("", responses={401: ERRORS[401], 503: ERRORS[503]})
 def list_models(registry: RegistryDep) -> ModelList:
     """Model cards of every served model."""
-    if not registry.ready:
+    if not registry.serving:
         raise HTTPException(503, f"not ready: {registry.reason}", headers=RETRY_AFTER)
     return ModelList(models=[m.card for m in registry.models.values()])
 
 
-@v1.get("/{model}", responses={404: ERRORS[404], 503: ERRORS[503]})
+@v1.get("/{model}", responses={401: ERRORS[401], 404: ERRORS[404], 503: ERRORS[503]})
 def model_card(served: ModelDep) -> ModelCard:
     """The model card: architecture, labels, input, metrics, checksum, sample limits."""
     return served.card
@@ -91,7 +113,15 @@ def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch
     n = len(instances)
     if n > settings.max_instances:
         raise HTTPException(
-            413, f"instances: {n} exceeds the limit of {settings.max_instances} per request"
+            422,
+            [
+                {
+                    "loc": ["body", "instances"],
+                    "msg": f"instances: {n} exceeds the limit of {settings.max_instances} "
+                    "per request",
+                    "type": "value_error",
+                }
+            ],
         )
     if n * samples > settings.max_total_samples:
         raise HTTPException(
@@ -109,9 +139,12 @@ def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch
 
 # Plain `def` routes: FastAPI runs them in its thread pool, so torch never blocks the event loop.
 @v1.post("/{model}/predict", responses=ERRORS)
-def predict(body: PredictRequest, served: ModelDep, registry: RegistryDep) -> PredictResponse:
+def predict(
+    body: PredictRequest, served: ModelDep, registry: RegistryDep, metrics: MetricsDep
+) -> PredictResponse:
     """Eval-mode prediction: dropout off, deterministic."""
     X = _pixels(body.instances, registry.settings)
+    metrics.instances.labels(served.name, "eval").observe(len(X))
     probs = served.engine.predict(X)
     confidence, index = probs.max(-1)
     return PredictResponse.model_validate(
@@ -152,7 +185,7 @@ def _uncertainty_items(stats: UncertaintyStats, served: ServedModel) -> list[dic
 
 @v1.post("/{model}/uncertainty", responses=ERRORS)
 def uncertainty(
-    body: UncertaintyRequest, served: ModelDep, registry: RegistryDep
+    body: UncertaintyRequest, served: ModelDep, registry: RegistryDep, metrics: MetricsDep
 ) -> UncertaintyResponse:
     """MC dropout: N stochastic passes with dropout on; agreement, votes and entropies."""
     settings = registry.settings
@@ -172,6 +205,10 @@ def uncertainty(
         raise HTTPException(422, f"model {served.name!r} has no dropout: MC dropout is undefined")
     X = _pixels(body.instances, settings, samples)
     (stats,) = served.engine.uncertainty([MCRequest(X, samples, body.seed)])
+    metrics.instances.labels(served.name, "mc").observe(len(X))
+    metrics.samples.labels(served.name).observe(samples)
+    for agreement in stats.agreement.tolist():
+        metrics.agreement.labels(served.name).observe(agreement)
     return UncertaintyResponse.model_validate(
         {
             "model": served.name,

@@ -1,8 +1,7 @@
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
-from models.engine import MAX_SEED
 from service.pixels import FEATURES, SHAPE_HINT, SIDE
 
 # Instances are checked by service.pixels (one numpy pass per instance, with errors naming the
@@ -36,14 +35,29 @@ Instance = Annotated[
 ]
 
 
+# 2**53 - 1: the largest integer every JSON client (JavaScript's Number among them) holds exactly.
+MAX_SEED = 2**53 - 1
+
+
+def _not_bool(value: Any) -> Any:
+    # Pydantic's lax int reads true/false as 1/0; JSON Schema's integer (2.0 is one) does not.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not true/false")
+    return value
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instances: list[Instance] = Field(min_length=1)
 
 
 class UncertaintyRequest(PredictRequest):
-    samples: int | None = Field(None, ge=1, description="stochastic passes N; default per model")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="makes the answer reproducible")
+    samples: Annotated[int, Field(ge=1), BeforeValidator(_not_bool)] | None = Field(
+        None, description="stochastic passes N; default per model"
+    )
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_not_bool)] | None = Field(
+        None, description="makes the answer reproducible"
+    )
 
 
 class Prediction(BaseModel):

@@ -1,7 +1,7 @@
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,6 +17,10 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1)
     torch_threads: int | None = Field(None, ge=1)
     log_level: str = "info"
+    # When set, model routes need `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    api_key: SecretStr | None = None
+    # On SIGTERM: readiness turns 503 at once; requests in flight get this long to finish.
+    shutdown_grace_seconds: float = Field(30.0, gt=0)
 
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_instances: int = Field(256, ge=1)

@@ -171,7 +171,9 @@ def test_non_finite_is_422(client: TestClient, token: str) -> None:
         ),
         ({"instances": images(1), "samples": 2.5}, ["body", "samples"], "valid integer"),
         ({"instances": images(1), "seed": -1}, ["body", "seed"], "greater than or equal to 0"),
-        ({"instances": images(1), "seed": 2**63}, ["body", "seed"], "less than or equal to"),
+        ({"instances": images(1), "seed": 2**53}, ["body", "seed"], "less than or equal to"),
+        ({"instances": images(1), "seed": True}, ["body", "seed"], "not true/false"),
+        ({"instances": images(1), "samples": False}, ["body", "samples"], "not true/false"),
     ],
 )
 def test_bad_parameters_are_422(
@@ -188,10 +190,15 @@ def test_malformed_json_is_422(client: TestClient) -> None:
     assert r.json()["detail"][0]["type"] == "json_invalid"
 
 
-def test_limits_are_413(client: TestClient) -> None:
+def test_limits(client: TestClient) -> None:
+    # The instance limit is in the OpenAPI schema (maxItems): breaking it is invalid input.
     r = client.post(PREDICT, json={"instances": images(9)})
-    assert r.status_code == 413
-    assert r.json() == {"detail": "instances: 9 exceeds the limit of 8 per request"}
+    assert_422(r, ["body", "instances"], "instances: 9 exceeds the limit of 8 per request")
+    schema = client.get("/openapi.json").json()["components"]["schemas"]
+    assert schema["PredictRequest"]["properties"]["instances"]["maxItems"] == 8
+    samples = schema["UncertaintyRequest"]["properties"]["samples"]["anyOf"][0]
+    assert (samples["minimum"], samples["maximum"]) == (1, 500)
+    # A product of two fields has no JSON-schema form: over it, the request is too large.
     r = client.post(UNCERTAINTY, json={"instances": images(3), "samples": 400})
     assert r.status_code == 413
     assert r.json()["detail"] == ("instances x samples = 3 x 400 = 1200 exceeds the limit of 1000")
@@ -281,16 +288,24 @@ def test_no_dropout_model_refuses_mc(tmp_path: Path) -> None:
 
 def test_openapi_lists_every_route(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
+    v2_model = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
     assert set(paths) == {
         "/health/live",
         "/health/ready",
+        "/metrics",
         "/v1/models",
         "/v1/models/{model}",
         "/v1/models/{model}/predict",
         "/v1/models/{model}/uncertainty",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        *v2_model,
+        *(f"{m}/ready" for m in v2_model),
+        *(f"{m}/infer" for m in v2_model),
     }
     responses = paths["/v1/models/{model}/uncertainty"]["post"]["responses"]
-    assert {"200", "404", "413", "422", "503"} <= set(responses)
+    assert {"200", "400", "401", "404", "413", "422", "503"} <= set(responses)
 
 
 CALIBRATION = {

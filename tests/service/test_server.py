@@ -1,12 +1,6 @@
 """End to end: `python -m service` under uvicorn on 127.0.0.1, driven by httpx."""
 
 import asyncio
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,36 +8,14 @@ import httpx
 import numpy as np
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.servers import serve, wait_until_ready
 
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[str]:
-    port = free_port()
-    env = os.environ | {"MCDROPOUT_MODEL_PATH": str(model_dir), "MCDROPOUT_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server did not become ready"
-            time.sleep(0.1)
+    with serve(model_dir) as url:
+        wait_until_ready(url)
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        # uvicorn shuts down gracefully, then re-raises SIGTERM to report how it was stopped.
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
 
 
 def test_eval_answers_are_unchanged_by_concurrent_mc(server: str) -> None:

@@ -1,0 +1,207 @@
+"""The KServe V2 Open Inference Protocol beside v1: health, metadata and infer under /v2.
+
+tritonclient posts infer bodies without a Content-Type header, so the body is read raw and
+checked here rather than by FastAPI. Every error is {"error": "..."}, as the protocol asks.
+"""
+
+import json
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+
+from service.pixels import FEATURES
+from service.registry import Registry, ServedModel
+from service.v2_infer import INPUT, OUTPUTS, check_limits, pixel_input, plan, run
+from service.v2_tensors import (
+    V2Error,
+    check_pixel_shape,
+    decompress,
+    encode_response,
+    parse_request,
+    read_pixels,
+    split_body,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    body = json.dumps({"error": message}, separators=(",", ":")).encode()
+    return Response(body, status, headers, media_type="application/json")
+
+
+class V2Route(APIRoute):
+    """Answers every failure of a /v2 route in the protocol's {"error": ...} form."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except V2Error as e:
+                return error(e.status, e.message, e.headers)
+            except HTTPException as e:
+                return error(e.status_code, str(e.detail), e.headers)
+            except Exception:
+                log.exception("unhandled error on %s %s", request.method, request.url.path)
+                return error(500, "internal server error")
+
+        return guarded
+
+
+v2 = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
+
+
+class V2ErrorBody(BaseModel):
+    error: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": V2ErrorBody, "description": V2_ERROR_TEXT[code]} for code in codes}
+
+
+V2_ERROR_TEXT = {
+    400: "Bad request: the message names the field and the reason",
+    401: "Missing or invalid API key (when one is set)",
+    404: "Unknown model or version",
+    413: "Body or tensor over the limits",
+    415: "Unsupported Content-Encoding",
+    503: "Not ready (with Retry-After)",
+}
+MODEL_ERRORS = _errors(400, 401, 404, 503)
+INFER_ERRORS = _errors(400, 401, 404, 413, 415, 503)
+# The versioned routes share their function with the plain ones, which read the version from
+# the path themselves: declare it for the schema.
+VERSION = {
+    "parameters": [
+        {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+}
+
+
+def get_registry(request: Request) -> Registry:
+    registry: Registry = request.state.registry
+    return registry
+
+
+RegistryDep = Annotated[Registry, Depends(get_registry)]
+
+
+def get_model(request: Request, model: str, registry: RegistryDep) -> ServedModel:
+    # Serving, not ready: while draining at shutdown, requests that still arrive are answered.
+    if not registry.serving:
+        raise V2Error(503, f"not ready: {registry.reason}", RETRY_AFTER)
+    served = registry.models.get(model)
+    if served is None:
+        known = ", ".join(sorted(registry.models))
+        raise V2Error(404, f"model {model!r} not found; available: {known}")
+    version = request.path_params.get("version")
+    if version is not None and version != served.version:
+        raise V2Error(
+            404, f"model {model!r} has no version {version!r}; available: {served.version}"
+        )
+    return served
+
+
+ModelDep = Annotated[ServedModel, Depends(get_model)]
+
+
+async def raw_body(request: Request) -> bytes:
+    try:
+        return await request.body()
+    except HTTPException as e:  # the body limit's 413, raised while the body streams in
+        raise V2Error(e.status_code, str(e.detail)) from None
+
+
+BodyDep = Annotated[bytes, Depends(raw_body)]
+
+
+@v2.get("")
+def server_metadata(request: Request) -> dict[str, Any]:
+    """Server metadata: name, version and the protocol extensions served."""
+    return {
+        "name": "mcdropout-service",
+        "version": request.app.version,
+        "extensions": ["binary_tensor_data"],
+    }
+
+
+@v2.get("/health/live")
+def live() -> dict[str, bool]:
+    """The process is up."""
+    return {"live": True}
+
+
+@v2.get("/health/ready", responses=_errors(503))
+def ready(registry: RegistryDep) -> dict[str, bool]:
+    """200 once a model serves, else 503 with the reason (also while shutting down)."""
+    if not registry.ready:
+        raise V2Error(503, f"not ready: {registry.reason}", RETRY_AFTER)
+    return {"ready": True}
+
+
+@v2.get("/models/{model}", responses=MODEL_ERRORS)
+@v2.get("/models/{model}/versions/{version}", responses=MODEL_ERRORS, openapi_extra=VERSION)
+def model_metadata(served: ModelDep) -> dict[str, Any]:
+    """Model metadata: the input and every output, with -1 for the batch axis."""
+    classes = len(served.labels)
+    return {
+        "name": served.name,
+        "versions": [served.version],
+        "platform": "pytorch_safetensors",
+        "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, FEATURES]}],
+        "outputs": [
+            {
+                "name": name,
+                "datatype": datatype,
+                "shape": [-1, *(classes if d == "classes" else d for d in dims)],
+            }
+            for name, (datatype, dims) in OUTPUTS.items()
+        ],
+    }
+
+
+@v2.get("/models/{model}/ready", responses=MODEL_ERRORS)
+@v2.get("/models/{model}/versions/{version}/ready", responses=MODEL_ERRORS, openapi_extra=VERSION)
+def model_ready(served: ModelDep) -> dict[str, Any]:
+    """200 when the model serves (404 unknown, 503 while loading)."""
+    return {"name": served.name, "ready": True}
+
+
+# A plain `def`: FastAPI runs it in its thread pool, so parsing and torch stay off the event loop.
+@v2.post("/models/{model}/infer", responses=INFER_ERRORS)
+@v2.post("/models/{model}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=VERSION)
+def infer(served: ModelDep, registry: RegistryDep, raw: BodyDep, request: Request) -> Response:
+    """Eval mode, or MC dropout with the parameter mc_samples; JSON or binary tensors."""
+    settings = registry.settings
+    raw = decompress(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
+    header, binary = split_body(raw, request.headers.get("inference-header-content-length"))
+    body = parse_request(header)
+    asked = plan(body, served, settings)
+    tensor = pixel_input(body)
+    check_limits(check_pixel_shape(tensor), asked.samples, settings)
+    X = torch.from_numpy(read_pixels(tensor, binary))
+    head: dict[str, Any] = {"model_name": served.name, "model_version": served.version}
+    if body.id is not None:
+        head["id"] = body.id
+    if asked.samples is not None:
+        head["parameters"] = {"mc_samples": asked.samples}
+        if asked.seed is not None:
+            head["parameters"]["seed"] = asked.seed
+    content, header_length = encode_response(head, run(served, X, asked))
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )

@@ -1,0 +1,144 @@
+"""What a V2 infer request asks for (mode, outputs, limits) and the tensors that answer it."""
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models.engine import MAX_SEED, MCRequest
+from service.registry import ServedModel
+from service.settings import Settings
+from service.v2_tensors import InferenceRequest, InputTensor, OutputTensor, V2Error, bad
+
+INPUT = "images"
+# name -> (datatype, shape after the batch axis; "classes" is the model's class count)
+OUTPUTS: dict[str, tuple[str, tuple[int | str, ...]]] = {
+    "probabilities": ("FP64", ("classes",)),
+    "class_index": ("INT64", ()),
+    "agreement": ("FP64", ()),
+    "votes": ("INT64", ("classes",)),
+    "predictive_entropy": ("FP64", ()),
+    "expected_entropy": ("FP64", ()),
+    "mutual_information": ("FP64", ()),
+    "std_probabilities": ("FP64", ("classes",)),
+}
+EVAL_OUTPUTS = ("probabilities", "class_index")
+REQUEST_PARAMETERS = ("mc_samples", "seed", "binary_data_output")
+
+
+@dataclass(frozen=True)
+class Plan:
+    samples: int | None  # None: eval mode
+    seed: int | None
+    outputs: list[tuple[str, bool]]  # (name, as binary data), in the order asked for
+
+
+def plan(body: InferenceRequest, served: ServedModel, settings: Settings) -> Plan:
+    samples, seed = _mode(body, served, settings)
+    return Plan(samples, seed, _requested(body, samples is not None))
+
+
+def pixel_input(body: InferenceRequest) -> InputTensor:
+    (tensor, *others) = body.inputs
+    if others or tensor.name != INPUT:
+        raise bad(f"the model takes one input {INPUT!r}, got {[t.name for t in body.inputs]}")
+    if tensor.datatype not in ("FP32", "UINT8"):
+        raise bad(
+            f"input {INPUT!r}: datatype must be FP32 (pixels in [0, 1]) or UINT8 (0 to 255), "
+            f"got {tensor.datatype!r}"
+        )
+    return tensor
+
+
+def _int_parameter(parameters: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = parameters.get(name)
+    if value is None:
+        return None
+    if type(value) is not int:
+        raise bad(f"parameter {name!r} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise bad(f"parameter {name!r} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _mode(
+    body: InferenceRequest, served: ServedModel, settings: Settings
+) -> tuple[int | None, int | None]:
+    """(mc_samples, seed): (None, None) is eval mode."""
+    unknown = [k for k in body.parameters if k not in REQUEST_PARAMETERS]
+    if unknown:
+        raise bad(f"unknown parameter {unknown[0]!r}; known: {', '.join(REQUEST_PARAMETERS)}")
+    samples = _int_parameter(body.parameters, "mc_samples", 1, settings.max_samples)
+    seed = _int_parameter(body.parameters, "seed", 0, MAX_SEED)
+    if samples is None and seed is not None:
+        raise bad("parameter 'seed' needs 'mc_samples': eval mode is deterministic")
+    if samples is not None and not served.engine.supports_mc:
+        raise bad(f"model {served.name!r} has no dropout: MC dropout is undefined")
+    return samples, seed
+
+
+def _requested(body: InferenceRequest, mc: bool) -> list[tuple[str, bool]]:
+    """(output name, as binary data) in the order asked for, or every output of the mode."""
+    default_binary = body.parameters.get("binary_data_output", False)
+    if type(default_binary) is not bool:
+        raise bad(f"parameter 'binary_data_output' must be true or false, got {default_binary!r}")
+    if body.outputs is None:
+        return [(name, default_binary) for name in (OUTPUTS if mc else EVAL_OUTPUTS)]
+    chosen: list[tuple[str, bool]] = []
+    for out in body.outputs:
+        if out.name not in OUTPUTS:
+            raise bad(f"unknown output {out.name!r}; known: {', '.join(OUTPUTS)}")
+        if not mc and out.name not in EVAL_OUTPUTS:
+            raise bad(f"output {out.name!r} needs MC mode: set the parameter 'mc_samples'")
+        if any(out.name == name for name, _ in chosen):
+            raise bad(f"output {out.name!r} is requested twice")
+        for key in out.parameters:
+            if key != "binary_data":
+                raise bad(f"output {out.name!r}: parameter {key!r} is not supported")
+        binary = out.parameters.get("binary_data", default_binary)
+        if type(binary) is not bool:
+            raise bad(f"output {out.name!r}: 'binary_data' must be true or false")
+        chosen.append((out.name, binary))
+    return chosen
+
+
+def check_limits(batch: int, samples: int | None, settings: Settings) -> None:
+    """The same limits, and messages, as v1; checked before any data is converted."""
+    if batch > settings.max_instances:
+        raise V2Error(
+            413, f"instances: {batch} exceeds the limit of {settings.max_instances} per request"
+        )
+    n = samples or 1
+    if batch * n > settings.max_total_samples:
+        raise V2Error(
+            413,
+            f"instances x mc_samples = {batch} x {n} = {batch * n} exceeds the limit of "
+            f"{settings.max_total_samples}",
+        )
+
+
+def _results(
+    served: ServedModel, X: torch.Tensor, samples: int | None, seed: int | None
+) -> dict[str, torch.Tensor]:
+    if samples is None:
+        probs = served.engine.predict(X)  # [batch, classes] float32
+        return {"probabilities": probs.double(), "class_index": probs.max(-1).indices}
+    (stats,) = served.engine.uncertainty([MCRequest(X, samples, seed)])
+    return {
+        "probabilities": stats.mean_probabilities,
+        "class_index": stats.class_index,
+        "agreement": stats.agreement,
+        "votes": stats.votes,
+        "predictive_entropy": stats.predictive_entropy,
+        "expected_entropy": stats.expected_entropy,
+        "mutual_information": stats.mutual_information,
+        "std_probabilities": stats.std_probabilities,
+    }
+
+
+def run(served: ServedModel, X: torch.Tensor, plan: Plan) -> list[OutputTensor]:
+    results = _results(served, X, plan.samples, plan.seed)
+    return [
+        OutputTensor(name, OUTPUTS[name][0], results[name].cpu().numpy(), binary)
+        for name, binary in plan.outputs
+    ]

@@ -1,0 +1,71 @@
+"""Real servers for end-to-end tests: `python -m service` under uvicorn on 127.0.0.1."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def wait_until_ready(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health/ready").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.05)
+
+
+# The limits of tests/service/conftest.py's settings, so that both suites probe the same edges.
+LIMITS = {
+    "MAX_INSTANCES": "8",
+    "DEFAULT_SAMPLES": "20",
+    "MAX_SAMPLES": "500",
+    "MAX_TOTAL_SAMPLES": "1000",
+    "MAX_BODY_BYTES": "200000",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def serve(model_path: Path, settings: dict[str, str] | None = None) -> Iterator[str]:
+    """The server's URL once it is live (ready or not: see the client's wait_ready)."""
+    port = free_port()
+    env = os.environ | {
+        "MCDROPOUT_MODEL_PATH": str(model_path),
+        "MCDROPOUT_PORT": str(port),
+        "MCDROPOUT_LOG_LEVEL": "warning",
+    }
+    env |= {f"MCDROPOUT_{name}": value for name, value in (settings or {}).items()}
+    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health/live").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, "the server exited"
+            assert time.monotonic() < deadline, "the server did not become live"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # a graceful stop (service/__main__.py)
