@@ -1,6 +1,7 @@
 """python -m service: serve the checkpoint(s) named by the MCDROPOUT_* settings with uvicorn."""
 
 import signal
+import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -43,7 +44,14 @@ def main() -> None:
         uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **options)
         return
     app = create_app(settings)
-    Server(uvicorn.Config(app, **options), app.state.registry.drain).run()
+    registry = app.state.registry
+
+    def reload_on_sighup(sig: int, frame: FrameType | None) -> None:
+        # Off the signal handler: loading reads and verifies files.
+        threading.Thread(target=registry.load, name="reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, reload_on_sighup)
+    Server(uvicorn.Config(app, **options), registry.drain).run()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.admin import admin
 from service.auth import ApiKey
 from service.observability import Metrics, RequestContext
 from service.registry import Registry
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(operations)
     app.include_router(v1)
     app.include_router(v2)
+    app.include_router(admin)
     # The last added runs first: ids and metrics see every answer, 401 and 413 included.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:

@@ -1,11 +1,12 @@
-"""The optional API key: when set, model routes need it; health, metrics and docs stay open."""
+"""The optional API key: when set, model and admin routes need it; health, metrics and docs
+stay open. The admin routes also need their own token (service/admin.py)."""
 
 import hmac
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-PROTECTED_PREFIXES = ("/v1/", "/v2/models")
+PROTECTED_PREFIXES = ("/v1/", "/v2/models", "/admin/")
 
 
 def presented_key(headers: dict[bytes, bytes]) -> bytes:

@@ -68,13 +68,25 @@ def checkpoint_files(path: Path) -> list[Path]:
     return [path] if path.is_file() else []
 
 
+@dataclass(frozen=True)
+class LoadReport:
+    loaded: list[str]  # new models, or new versions of served ones
+    unchanged: list[str]  # the same bytes as the version already served
+    refused: dict[str, str]  # name -> why; a served version of it keeps serving
+    removed: list[str]  # served, but their file is gone
+
+
 class Registry:
+    """The served models. A load swaps in a new dict at once: a request that already holds a
+    model finishes on it, and the next one gets the new version."""
+
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
         self.models: dict[str, ServedModel] = {}
         self.reason = "loading models"
         self._loaded = threading.Event()
+        self._lock = threading.Lock()  # one load at a time
         self._draining = False
 
     @property
@@ -93,30 +105,59 @@ class Registry:
         self._draining = True
         self.reason = "shutting down"
 
-    def load(self) -> None:
-        """Load every checkpoint; a bad one is refused and logged, the good ones are served."""
-        files = checkpoint_files(self.settings.model_path)
-        if not files:
-            log.error("no checkpoint (*.safetensors) at %s", self.settings.model_path)
-        for file in files:
-            try:
-                ckpt = load_checkpoint(file)
-                engine = engine_for(ckpt, self.settings.mc_chunk_rows)
-                card = model_card(file.stem, ckpt, self.settings)
-            except CheckpointError as e:
-                log.error("refused checkpoint %s: %s", file, e)
-                self.metrics.load_failures.inc()
-                continue
-            except Exception:  # a bug, not a bad file: keep serving the others, keep the trace
-                log.exception("could not load checkpoint %s", file)
-                self.metrics.load_failures.inc()
-                continue
-            self.models[file.stem] = ServedModel(file.stem, ckpt, engine, card)
-            self.metrics.model_info.labels(file.stem, ckpt.version).set(1)
-            log.info("serving %s version %s from %s", file.stem, ckpt.version, file)
-        # Clients see why, never where: no file paths in the reason.
-        if not self._draining:
-            self.reason = (
-                "" if self.models else "no valid checkpoint could be loaded (see server log)"
-            )
-        self._loaded.set()
+    def load(self) -> LoadReport:
+        """(Re)load the checkpoints of the configured path, and nothing else. A checkpoint that
+        fails verification is refused and logged, and the version it would replace keeps
+        serving; a model whose file is gone stops being served."""
+        with self._lock:
+            current, models = self.models, {}
+            loaded, unchanged, refused = [], [], {}
+            files = checkpoint_files(self.settings.model_path)
+            if not files:
+                log.error("no checkpoint (*.safetensors) at %s", self.settings.model_path)
+            for file in files:
+                name, old = file.stem, current.get(file.stem)
+                try:
+                    served = self._load_one(file)
+                except Exception as e:
+                    refused[name] = str(e) if isinstance(e, CheckpointError) else "failed to load"
+                    self.metrics.load_failures.inc()
+                    if old is not None:
+                        models[name] = old
+                    continue
+                if old is not None and old.checkpoint.sha256 == served.checkpoint.sha256:
+                    models[name] = old
+                    unchanged.append(name)
+                    continue
+                models[name] = served
+                loaded.append(name)
+                log.info("serving %s version %s from %s", name, served.version, file)
+            self.models = models
+            self._publish(current, models)
+            # Clients see why, never where: no file paths in the reason.
+            if not self._draining:
+                failed = "no valid checkpoint could be loaded (see server log)"
+                self.reason = "" if models else failed
+            self._loaded.set()
+            removed = sorted(current.keys() - models.keys())
+            return LoadReport(loaded, unchanged, refused, removed)
+
+    def _load_one(self, file: Path) -> ServedModel:
+        try:
+            ckpt = load_checkpoint(file)
+            engine = engine_for(ckpt, self.settings.mc_chunk_rows)
+            card = model_card(file.stem, ckpt, self.settings)
+        except CheckpointError as e:
+            log.error("refused checkpoint %s: %s", file, e)
+            raise
+        except Exception:  # a bug, not a bad file: keep serving the others, keep the trace
+            log.exception("could not load checkpoint %s", file)
+            raise
+        return ServedModel(file.stem, ckpt, engine, card)
+
+    def _publish(self, before: dict[str, ServedModel], after: dict[str, ServedModel]) -> None:
+        for name, served in before.items():
+            if after.get(name) is not served:
+                self.metrics.model_info.remove(name, served.version)
+        for name, served in after.items():
+            self.metrics.model_info.labels(name, served.version).set(1)

@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     log_level: str = "info"
     # When set, model routes need `Authorization: Bearer KEY` or `X-API-Key: KEY`.
     api_key: SecretStr | None = None
+    # When set, POST /admin/reload (with `X-Admin-Token: TOKEN`) reloads the model path.
+    admin_token: SecretStr | None = None
     # On SIGTERM: readiness turns 503 at once; requests in flight get this long to finish.
     shutdown_grace_seconds: float = Field(30.0, gt=0)
 

@@ -43,8 +43,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(model_path: Path, settings: dict[str, str] | None = None) -> Iterator[str]:
-    """The server's URL once it is live (ready or not: see the client's wait_ready)."""
+def serve_process(
+    model_path: Path, settings: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """(URL, process) once the server is live (ready or not: see wait_until_ready)."""
     port = free_port()
     env = os.environ | {
         "MCDROPOUT_MODEL_PATH": str(model_path),
@@ -65,7 +67,14 @@ def serve(model_path: Path, settings: dict[str, str] | None = None) -> Iterator[
             assert proc.poll() is None, "the server exited"
             assert time.monotonic() < deadline, "the server did not become live"
             time.sleep(0.1)
-        yield url
+        yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0  # a graceful stop (service/__main__.py)
+
+
+@contextmanager
+def serve(model_path: Path, settings: dict[str, str] | None = None) -> Iterator[str]:
+    """The server's URL once it is live."""
+    with serve_process(model_path, settings) as (url, _):
+        yield url

@@ -290,6 +290,7 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     v2_model = ["/v2/models/{model}", "/v2/models/{model}/versions/{version}"]
     assert set(paths) == {
+        "/admin/reload",
         "/health/live",
         "/health/ready",
         "/metrics",

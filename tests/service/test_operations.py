@@ -118,6 +118,8 @@ def test_api_key_guards_model_routes_only(model_dir: Path) -> None:
         assert c.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.get("/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+        admin = c.post("/admin/reload")
+        assert (admin.status_code, admin.json()) == (401, {"detail": "missing or invalid API key"})
         v2 = c.get("/v2/models/tiny")
         assert (v2.status_code, v2.json()) == (401, {"error": "missing or invalid API key"})
         for open_route in ("/health/live", "/health/ready", "/metrics", "/v2/health/live"):
