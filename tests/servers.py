@@ -13,16 +13,24 @@ from pathlib import Path
 import httpx
 
 
-def wait_until_ready(url: str, timeout: float = 60) -> None:
+def wait_for(
+    url: str, route: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Poll GET url+route until it answers 200."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if httpx.get(f"{url}/health/ready").status_code == 200:
+            if httpx.get(f"{url}{route}").status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        assert time.monotonic() < deadline, "the server did not become ready"
+        assert proc is None or proc.poll() is None, "the server exited"
+        assert time.monotonic() < deadline, f"{route} did not answer 200 in {timeout} s"
         time.sleep(0.05)
+
+
+def wait_until_ready(url: str, timeout: float = 60) -> None:
+    wait_for(url, "/health/ready", timeout)
 
 
 # The limits of tests/service/conftest.py's settings, so that both suites probe the same edges.
@@ -57,16 +65,7 @@ def serve_process(
     proc = subprocess.Popen([sys.executable, "-m", "service"], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/health/live").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "the server exited"
-            assert time.monotonic() < deadline, "the server did not become live"
-            time.sleep(0.1)
+        wait_for(url, "/health/live", proc=proc)
         yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
