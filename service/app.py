@@ -6,8 +6,9 @@ from typing import Any
 
 import torch
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -54,6 +55,15 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     detail = [{k: e[k] for k in ("loc", "msg", "type") if k in e} for e in exc.errors()]
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Routing errors (404, 405) in each protocol's own form: {"error": ...} under /v2."""
+    assert isinstance(exc, HTTPException)
+    path = request.url.path
+    if path == "/v2" or path.startswith("/v2/"):
+        return JSONResponse({"error": str(exc.detail)}, exc.status_code, exc.headers)
+    return await http_exception_handler(request, exc)
 
 
 async def server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -121,5 +131,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContext, metrics=metrics)
     publish_limits(app, settings)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, server_error)
     return app

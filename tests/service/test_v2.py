@@ -553,3 +553,11 @@ def test_v2_routes_document_their_errors(client: TestClient) -> None:
     assert [p["name"] for p in infer["parameters"]] == ["model", "version"]
     error = infer["responses"]["404"]["content"]["application/json"]["schema"]
     assert error == {"$ref": "#/components/schemas/V2ErrorBody"}
+
+
+def test_routing_errors_under_v2_use_the_protocols_form(client: TestClient) -> None:
+    r = client.delete("/v2/models/tiny/infer")
+    assert (r.status_code, r.json()) == (405, {"error": "Method Not Allowed"})
+    r = client.get("/v2/nothing/here")
+    assert (r.status_code, r.json()) == (404, {"error": "Not Found"})
+    assert client.get("/v1/nothing").json() == {"detail": "Not Found"}
