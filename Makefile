@@ -9,7 +9,7 @@ CHECKPOINT ?= checkpoints/fashion-mlp.safetensors
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 SAMPLES ?= 100
 
-.PHONY: setup data train evaluate run test lint format clean
+.PHONY: setup data train evaluate report experiments run test lint format clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,15 @@ train: setup data
 evaluate: setup data
 	$(PY) -m training evaluate $(CHECKPOINT) --samples $(SAMPLES)
 
+# The evaluation report (calibration, error detection, shift, OOD) beside the checkpoint.
+report: setup data
+	$(PY) -m training report $(CHECKPOINT)
+
+# The chapter's exercises, one after another (a few minutes each), into docs/experiments/.
+EXPERIMENTS ?= dropout-grid epochs activation-variance weight-decay dropconnect gaussian-noise
+experiments: setup data
+	for name in $(EXPERIMENTS); do $(PY) -m training experiment $$name || exit 1; done
+
 run: $(CHECKPOINT)
 	MCDROPOUT_MODEL_PATH=$${MCDROPOUT_MODEL_PATH:-$(dir $(CHECKPOINT))} $(PY) -m service
 
@@ -53,3 +62,36 @@ format: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
+
+# Containers (docs/deploy.md). ENGINE=podman|docker picks the engine (default: docker where an
+# engine answers, else podman). WHEELS=local builds offline from build/wheelhouse; BASE_IMAGE
+# replaces python:3.11-slim, e.g. with the local Debian base of `make base-image`.
+IMAGE ?= mcdropout-service:latest
+BAKED_IMAGE ?= mcdropout-service:baked
+BASE_IMAGE ?= python:3.11-slim
+LOCAL_BASE ?= localhost/bookworm-py:local
+WHEELS ?= index
+IMAGE_ENV = BASE_IMAGE=$(BASE_IMAGE) WHEELS=$(WHEELS) TORCH_SPEC=$(TORCH_SPEC)
+WHEELHOUSE_IF_LOCAL = $(if $(filter local,$(WHEELS)),wheelhouse)
+
+.PHONY: wheelhouse base-image image image-baked smoke
+
+# Every wheel the image installs (pip download finds the CPU torch where it is pinned locally).
+wheelhouse: setup
+	$(PY) -m pip download --quiet --dest build/wheelhouse "$(TORCH_SPEC)" "setuptools>=77" .
+
+# Where no registry answers: a Debian 12 base with python3, built with mmdebstrap.
+base-image:
+	scripts/base-image.sh $(LOCAL_BASE)
+
+# No model inside: mount a folder of checkpoints at /models.
+image: $(WHEELHOUSE_IF_LOCAL)
+	$(IMAGE_ENV) scripts/image.sh mount $(IMAGE)
+
+# Every *.safetensors of $(CHECKPOINT)'s folder inside, at /models.
+image-baked: $(CHECKPOINT) $(WHEELHOUSE_IF_LOCAL)
+	$(IMAGE_ENV) MODEL_DIR=$(patsubst %/,%,$(dir $(CHECKPOINT))) scripts/image.sh baked $(BAKED_IMAGE)
+
+# Build both targets and run them hardened: health, predict, uncertainty, uid, SIGTERM.
+smoke: setup data $(WHEELHOUSE_IF_LOCAL)
+	$(IMAGE_ENV) scripts/container-smoke.sh

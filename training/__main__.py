@@ -9,7 +9,7 @@ from typing import Any
 
 from models.checkpoint import CheckpointError
 from models.mlp import DropoutMLP
-from training import calibrate, evaluate, train
+from training import calibrate, distributed, evaluate, experiments, report, train
 from training.data import DataError
 
 
@@ -65,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=100, help="MC passes per image")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    report.add_parser(sub)
+    experiments.add_parser(sub)
     return p
 
 
@@ -72,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
+        if hasattr(args, "handler"):  # report, experiment
+            args.handler(args)
+            return 0
         if args.command == "train":
             if args.dry_run:
                 args.epochs, args.limit, args.calibration_samples = 1, 2048, 10
@@ -90,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return {"calibration": fitted.to_dict()}
 
-            train.run(train.TrainConfig(**options), finalize)
+            # Started by torchrun: the same training, data-parallel (training/distributed.py).
+            run = distributed.run if distributed.launched() else train.run
+            run(train.TrainConfig(**options), finalize)
         elif args.command == "calibrate":
             fitted = calibrate.run(
                 args.checkpoint,

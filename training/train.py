@@ -81,11 +81,41 @@ class Split:
         X = torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
         return cls(X, torch.from_numpy(labels.astype(np.int64)))
 
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.X.to(device), self.y.to(device))
+
 
 @dataclass
 class State:
     epoch: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Replica:
+    """This process's part in data-parallel training. The base class is the lone process;
+    training/distributed.py overrides it for torchrun (DistributedDataParallel)."""
+
+    rank = 0
+    world_size = 1
+    device = torch.device("cpu")
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module that runs the training forward (DDP's also averages the gradients)."""
+        return model
+
+    def pad(self, order: torch.Tensor) -> torch.Tensor:
+        """An epoch's order of examples, made to split evenly over the processes."""
+        return order
+
+    def start_epoch(self, seed: int, epoch: int) -> None:
+        """Runs before each epoch (DDP seeds each rank's dropout masks here)."""
+
+    def all_sum(self, values: list[float]) -> list[float]:
+        """Each value summed over the processes."""
+        return values
+
+
+SINGLE = Replica()
 
 
 def evaluate_split(model: nn.Module, split: Split, batch_size: int = 2048) -> tuple[float, float]:
@@ -109,14 +139,21 @@ def train_epoch(
     shuffle: torch.Generator,
     progress: bool,
     desc: str,
+    replica: Replica = SINGLE,
 ) -> tuple[float, float]:
-    """One epoch in training mode; returns the mean (loss, accuracy) over its examples."""
+    """One epoch in training mode; returns the mean (loss, accuracy) over its examples.
+
+    batch_size is the global batch. In data-parallel training every process draws the same
+    order and takes every world_size-th example of each batch, as DistributedSampler does: equal
+    shares (the replica pads the order, batch_size is a multiple of world_size), so the average
+    of their mean losses' gradients, which DDP takes, is the gradient of the batch's mean loss.
+    """
     model.train()
-    order = torch.randperm(len(train.y), generator=shuffle)
+    order = replica.pad(torch.randperm(len(train.y), generator=shuffle))
     loss_sum, correct, seen = 0.0, 0, 0
     bar = tqdm.tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False)
     for i in bar:
-        idx = order[i : i + batch_size]
+        idx = order[i : i + batch_size][replica.rank :: replica.world_size].to(train.y.device)
         X, y = train.X[idx], train.y[idx]
         logits = model(X)
         loss = F.cross_entropy(logits, y)
@@ -127,7 +164,8 @@ def train_epoch(
         correct += int((logits.argmax(-1) == y).sum())
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
-    return loss_sum / seen, correct / seen
+    total_loss, total_correct, total_seen = replica.all_sum([loss_sum, correct, seen])
+    return total_loss / total_seen, total_correct / total_seen
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -208,24 +246,31 @@ def fit(
     train: Split,
     val: Split,
     on_epoch: Callable[[DropoutMLP, torch.optim.Optimizer, torch.Generator, State], None],
+    replica: Replica = SINGLE,
 ) -> tuple[DropoutMLP, State]:
-    """Seeded training from scratch or from the saved state; on_epoch runs after each epoch."""
+    """Seeded training from scratch or from the saved state; on_epoch runs after each epoch.
+
+    The model comes back on the CPU, whatever replica.device it trained on.
+    """
     torch.manual_seed(cfg.seed)  # dropout masks and initial weights
     shuffle = torch.Generator().manual_seed(cfg.seed)
     model_config = cfg.model_config()
     spath = state_path(cfg.out)
+    # The model goes to its device before the optimizer exists: loaded optimizer state follows it.
     if cfg.resume and spath.exists():
         model, optimizer, state = load_state(
-            spath, cfg, model_config, lambda m: make_optimizer(m, cfg), shuffle
+            spath, cfg, model_config, lambda m: make_optimizer(m.to(replica.device), cfg), shuffle
         )
         log.info("resuming after epoch %d from %s", state.epoch, spath)
     else:
-        model = build_model(model_config)
+        model = build_model(model_config).to(replica.device)
         optimizer, state = make_optimizer(model, cfg), State()
+    net, train, val = replica.wrap(model), train.to(replica.device), val.to(replica.device)
     while state.epoch < cfg.epochs:
         desc = f"epoch {state.epoch + 1}/{cfg.epochs}"
+        replica.start_epoch(cfg.seed, state.epoch)
         train_loss, train_acc = train_epoch(
-            model, optimizer, train, cfg.batch_size, shuffle, cfg.progress, desc
+            net, optimizer, train, cfg.batch_size, shuffle, cfg.progress, desc, replica
         )
         val_loss, val_acc = evaluate_split(model, val)
         state.epoch += 1
@@ -247,16 +292,17 @@ def fit(
             val_acc,
         )
         on_epoch(model, optimizer, shuffle, state)
-    return model, state
+    return model.cpu(), state
 
 
 Finalize = Callable[[DropoutMLP, Split, Split], dict[str, Any]]
 
 
-def run(cfg: TrainConfig, finalize: Finalize | None = None) -> Path:
+def run(cfg: TrainConfig, finalize: Finalize | None = None, replica: Replica = SINGLE) -> Path:
     """Train, then write the checkpoint, its history and the test accuracy (eval mode).
 
     finalize(model, val, test) returns more metadata for the checkpoint (e.g. calibration).
+    In data-parallel training only rank 0 writes files, evaluates on the test set and finalizes.
     """
     started = time.monotonic()
     data, train, val, test = load_splits(cfg)
@@ -265,10 +311,13 @@ def run(cfg: TrainConfig, finalize: Finalize | None = None) -> Path:
     def on_epoch(
         model: DropoutMLP, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, st: State
     ) -> None:
-        save_state(spath, cfg, model, optimizer, shuffle, st)
-        atomic_write_bytes(hpath, json.dumps(st.history, indent=2).encode())
+        if replica.rank == 0:
+            save_state(spath, cfg, model, optimizer, shuffle, st)
+            atomic_write_bytes(hpath, json.dumps(st.history, indent=2).encode())
 
-    model, state = fit(cfg, train, val, on_epoch)
+    model, state = fit(cfg, train, val, on_epoch, replica)
+    if replica.rank != 0:
+        return cfg.out
     test_loss, test_acc = evaluate_split(model, test)
     last = state.history[-1]
     meta = {
@@ -296,6 +345,7 @@ def run(cfg: TrainConfig, finalize: Finalize | None = None) -> Path:
             "train_examples": len(train.y),
             "val_examples": len(val.y),
             "seed": cfg.seed,
+            "processes": replica.world_size,
             "python": platform.python_version(),
             "torch": torch.__version__,
             "numpy": np.__version__,
