@@ -115,7 +115,11 @@ class RequestContext:
 
 class JsonFormatter(logging.Formatter):
     converter = time.gmtime  # type: ignore[assignment]  # UTC, as the Z says
-    _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+    # Attributes every record has, and uvicorn's ANSI-coloured copy of its message.
+    _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+        "message",
+        "color_message",
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
