@@ -124,7 +124,7 @@ class Engine:
         for linear in self.linears[: first + 1]:
             H = F.relu(linear(H))  # [batch, width], computed once for all passes
         # Units that ReLU zeroed for every instance contribute nothing in any pass: drop their
-        # columns (and the matching weight columns). For one image that is about 60% of them.
+        # columns (and the matching weight columns). For one image that is roughly half of them.
         active = (H > 0).any(0).nonzero().squeeze(1)
         weights = [w for w, _ in self.tail]
         if active.numel() < H.shape[1]:
