@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--hidden", type=ints, default=d.hidden, help="comma-separated, e.g. 256,256")
     t.add_argument("--dropout", type=floats, default=d.dropout, help="one p per hidden layer")
     t.add_argument("--variant", choices=["scratch", "concise"], default=d.variant)
+    t.add_argument("--schedule", choices=train.SCHEDULES, default=d.schedule, help="lr schedule")
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--val-size", type=int, default=d.val_size)
     t.add_argument("--limit", type=int, help="use only the first N training examples")

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from training.data import LABELS, FashionMNIST, load_fashion_mnist, split_valida
 
 log = logging.getLogger(__name__)
 STATE_KIND = "train-state"
+SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,9 @@ class TrainConfig:
     hidden: tuple[int, ...] = (256, 256)
     dropout: tuple[float, ...] = (0.5, 0.5)
     variant: str = "scratch"
+    # "constant", or "cosine": lr * (1 + cos(pi * epoch / epochs)) / 2 for each epoch (0-based),
+    # a function of the epoch alone, so that a resumed run follows the same schedule.
+    schedule: str = "constant"
     seed: int = 0
     val_size: int = 5000
     limit: int | None = None  # train on the first N examples of the training split only
@@ -56,8 +61,18 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1, got {self.limit}")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of epoch `epoch` (0-based)."""
+        if self.schedule == "cosine":
+            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
+        return self.lr
 
     def model_config(self) -> MLPConfig:
         return MLPConfig(hidden=self.hidden, dropout=self.dropout, variant=self.variant)  # type: ignore[arg-type]
@@ -269,6 +284,8 @@ def fit(
     while state.epoch < cfg.epochs:
         desc = f"epoch {state.epoch + 1}/{cfg.epochs}"
         replica.start_epoch(cfg.seed, state.epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr_at(state.epoch)
         train_loss, train_acc = train_epoch(
             net, optimizer, train, cfg.batch_size, shuffle, cfg.progress, desc, replica
         )

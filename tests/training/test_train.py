@@ -48,17 +48,18 @@ def test_loss_falls_on_a_small_subset(tmp_path: Path) -> None:
     assert state.history[-1]["val_accuracy"] > 0.8  # chance is 0.1
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_continues_exactly_where_it_stopped(tmp_path: Path, schedule: str) -> None:
     train, val = blobs(512, 1), blobs(128, 2)
-    straight, _ = fit(
-        config(tmp_path / "a", momentum=0.9, resume=False), train, val, lambda *_: None
-    )
+    opts: dict[str, object] = {"momentum": 0.9, "schedule": schedule}
+    straight, _ = fit(config(tmp_path / "a", resume=False, **opts), train, val, lambda *_: None)
 
-    # "Interrupted" after epoch 1: the state on disk is all that survives.
-    first = config(tmp_path / "b", momentum=0.9, epochs=1)
+    # "Interrupted" after epoch 1: the state on disk is all that survives. (Epoch 1's cosine
+    # rate is lr whatever the length of the run.)
+    first = config(tmp_path / "b", epochs=1, **opts)
     fit(first, train, val, saver(first))
     torch.manual_seed(1234)  # whatever the process did since must not matter
-    resumed_cfg = config(tmp_path / "b", momentum=0.9)
+    resumed_cfg = config(tmp_path / "b", **opts)
     resumed, state = fit(resumed_cfg, train, val, lambda *_: None)
 
     assert [h["epoch"] for h in state.history] == [1, 2, 3]
@@ -129,3 +130,11 @@ def test_cli_reports_errors_without_traceback(
     assert capsys.readouterr().err.startswith("error: bad.safetensors: ")
     assert cli.main(["train", "--epochs", "0", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_cosine_schedule_decays_each_epoch_to_zero() -> None:
+    cfg = TrainConfig(lr=0.1, epochs=4, schedule="cosine")
+    assert [round(cfg.lr_at(e), 6) for e in range(4)] == [0.1, 0.085355, 0.05, 0.014645]
+    assert TrainConfig(lr=0.1, epochs=4).lr_at(3) == 0.1
+    with pytest.raises(ValueError, match="schedule must be one of constant, cosine"):
+        TrainConfig(schedule="linear")
