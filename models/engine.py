@@ -53,7 +53,6 @@ class Engine:
                 raise ValueError(f"{name} must be a positive number, got {t}")
         model.eval()  # once, at load: BatchNorm or the like would stay in eval behaviour
         model.requires_grad_(False)
-        self.model = model
         self.max_chunk_rows = max_chunk_rows
         self.temperature_eval = temperature_eval
         self.temperature_mc = temperature_mc

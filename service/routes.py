@@ -108,21 +108,17 @@ def model_card(served: ModelDep) -> ModelCard:
     return served.card
 
 
+def invalid(loc: list[str | int], msg: str) -> HTTPException:
+    """A 422 in FastAPI's own shape, for checks that need the settings or numpy."""
+    return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
+
+
 def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch.Tensor:
     """Limits first, then conversion: nothing is allocated for a request over the limits."""
     n = len(instances)
     if n > settings.max_instances:
-        raise HTTPException(
-            422,
-            [
-                {
-                    "loc": ["body", "instances"],
-                    "msg": f"instances: {n} exceeds the limit of {settings.max_instances} "
-                    "per request",
-                    "type": "value_error",
-                }
-            ],
-        )
+        limit = settings.max_instances
+        raise invalid(["instances"], f"instances: {n} exceeds the limit of {limit} per request")
     if n * samples > settings.max_total_samples:
         raise HTTPException(
             413,
@@ -132,9 +128,7 @@ def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch
     try:
         return torch.from_numpy(to_pixels(instances))
     except InstanceError as e:
-        raise HTTPException(
-            422, [{"loc": ["body", "instances", e.index], "msg": str(e), "type": "value_error"}]
-        ) from None
+        raise invalid(["instances", e.index], str(e)) from None
 
 
 # Plain `def` routes: FastAPI runs them in its thread pool, so torch never blocks the event loop.
@@ -191,15 +185,8 @@ def uncertainty(
     settings = registry.settings
     samples = settings.default_samples if body.samples is None else body.samples
     if samples > settings.max_samples:
-        raise HTTPException(
-            422,
-            [
-                {
-                    "loc": ["body", "samples"],
-                    "msg": f"samples: {samples} exceeds the maximum of {settings.max_samples}",
-                    "type": "value_error",
-                }
-            ],
+        raise invalid(
+            ["samples"], f"samples: {samples} exceeds the maximum of {settings.max_samples}"
         )
     if not served.engine.supports_mc:
         raise HTTPException(422, f"model {served.name!r} has no dropout: MC dropout is undefined")
