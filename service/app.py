@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.admin import admin
 from service.auth import ApiKey
+from service.batching import Batcher
 from service.observability import Metrics, RequestContext
 from service.registry import Registry
 from service.routes import health, operations, v1
@@ -109,8 +110,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # Loading runs in a thread: /health/live answers at once and /health/ready says 503.
         loading = asyncio.create_task(asyncio.to_thread(registry.load))
-        yield {"registry": registry, "metrics": metrics}
+        batcher = Batcher(settings, metrics)
+        await batcher.start()
+        yield {"registry": registry, "metrics": metrics, "batcher": batcher}
         await loading
+        await batcher.stop()
 
     app = FastAPI(
         title="MC-dropout inference service",

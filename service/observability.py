@@ -56,6 +56,29 @@ class Metrics:
             buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
             registry=r,
         )
+        self.queue_depth = Gauge(
+            "mcdropout_queue_depth", "Inference requests waiting for the worker", registry=r
+        )
+        self.batch_requests = Histogram(
+            "mcdropout_batch_requests",
+            "Requests merged into one engine call",
+            ["mode"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.batch_instances = Histogram(
+            "mcdropout_batch_instances",
+            "Instances in one engine call",
+            ["mode"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.rejected = Counter(
+            "mcdropout_rejected_requests",
+            "Inference requests refused (queue full) or timed out",
+            ["reason"],
+            registry=r,
+        )
         self.load_failures = Counter(
             "mcdropout_model_load_failures", "Checkpoints refused at load", registry=r
         )

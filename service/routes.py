@@ -1,4 +1,5 @@
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
@@ -6,8 +7,8 @@ from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.calibration import wilson_interval
-from models.engine import MCRequest
 from models.stats import UncertaintyStats
+from service.batching import Batcher, OverloadedError, TimedOutError
 from service.observability import Metrics
 from service.pixels import InstanceError, to_pixels
 from service.registry import Registry, ServedModel
@@ -36,8 +37,25 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_batcher(request: Request) -> Batcher:
+    batcher: Batcher = request.state.batcher
+    return batcher
+
+
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+T = TypeVar("T")
+
+
+async def batched(result: Awaitable[T]) -> T:
+    """The batcher's answer, or 503 (queue full, with Retry-After) or 504 (timed out)."""
+    try:
+        return await result
+    except OverloadedError as e:
+        raise HTTPException(503, f"overloaded: {e}; retry later", headers=RETRY_AFTER) from None
+    except TimedOutError as e:
+        raise HTTPException(504, str(e)) from None
 
 
 def get_model(model: str, registry: RegistryDep) -> ServedModel:
@@ -64,7 +82,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorDetail,
         "description": "Body, instances or instances x samples over limits",
     },
-    503: {"model": ErrorDetail, "description": "Not ready (with Retry-After)"},
+    503: {
+        "model": ErrorDetail,
+        "description": "Not ready, or overloaded: the queue is full (with Retry-After)",
+    },
+    504: {"model": ErrorDetail, "description": "The request took longer than the timeout"},
 }
 
 
@@ -131,15 +153,19 @@ def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch
         raise invalid(["instances", e.index], str(e)) from None
 
 
-# Plain `def` routes: FastAPI runs them in its thread pool, so torch never blocks the event loop.
+# Inference runs in the batcher's thread (service/batching.py), never on the event loop.
 @v1.post("/{model}/predict", responses=ERRORS)
-def predict(
-    body: PredictRequest, served: ModelDep, registry: RegistryDep, metrics: MetricsDep
+async def predict(
+    body: PredictRequest,
+    served: ModelDep,
+    registry: RegistryDep,
+    metrics: MetricsDep,
+    batcher: BatcherDep,
 ) -> PredictResponse:
     """Eval-mode prediction: dropout off, deterministic."""
     X = _pixels(body.instances, registry.settings)
     metrics.instances.labels(served.name, "eval").observe(len(X))
-    probs = served.engine.predict(X)
+    probs = await batched(batcher.predict(served.engine, served.name, X))
     confidence, index = probs.max(-1)
     return PredictResponse.model_validate(
         {
@@ -177,21 +203,28 @@ def _uncertainty_items(stats: UncertaintyStats, served: ServedModel) -> list[dic
     return rows
 
 
-@v1.post("/{model}/uncertainty", responses=ERRORS)
-def uncertainty(
-    body: UncertaintyRequest, served: ModelDep, registry: RegistryDep, metrics: MetricsDep
-) -> UncertaintyResponse:
-    """MC dropout: N stochastic passes with dropout on; agreement, votes and entropies."""
-    settings = registry.settings
-    samples = settings.default_samples if body.samples is None else body.samples
+def check_samples(samples: int | None, served: ServedModel, settings: Settings) -> int:
+    """N, the model's default if not given, within the limit; the model must have dropout."""
+    samples = settings.default_samples if samples is None else samples
     if samples > settings.max_samples:
         raise invalid(
             ["samples"], f"samples: {samples} exceeds the maximum of {settings.max_samples}"
         )
     if not served.engine.supports_mc:
         raise HTTPException(422, f"model {served.name!r} has no dropout: MC dropout is undefined")
-    X = _pixels(body.instances, settings, samples)
-    (stats,) = served.engine.uncertainty([MCRequest(X, samples, body.seed)])
+    return samples
+
+
+async def answer_uncertainty(
+    served: ServedModel,
+    X: torch.Tensor,
+    samples: int,
+    seed: int | None,
+    metrics: Metrics,
+    batcher: Batcher,
+) -> UncertaintyResponse:
+    """The MC answer for pixels X [instances, 784] already checked against the limits."""
+    stats = await batched(batcher.uncertainty(served.engine, served.name, X, samples, seed))
     metrics.instances.labels(served.name, "mc").observe(len(X))
     metrics.samples.labels(served.name).observe(samples)
     for agreement in stats.agreement.tolist():
@@ -201,7 +234,21 @@ def uncertainty(
             "model": served.name,
             "version": served.version,
             "samples": samples,
-            "seed": body.seed,
+            "seed": seed,
             "predictions": _uncertainty_items(stats, served),
         }
     )
+
+
+@v1.post("/{model}/uncertainty", responses=ERRORS)
+async def uncertainty(
+    body: UncertaintyRequest,
+    served: ModelDep,
+    registry: RegistryDep,
+    metrics: MetricsDep,
+    batcher: BatcherDep,
+) -> UncertaintyResponse:
+    """MC dropout: N stochastic passes with dropout on; agreement, votes and entropies."""
+    samples = check_samples(body.samples, served, registry.settings)
+    X = _pixels(body.instances, registry.settings, samples)
+    return await answer_uncertainty(served, X, samples, body.seed, metrics, batcher)

@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     max_total_samples: int = Field(100_000, ge=1)  # instances x samples in one request
     mc_chunk_rows: int = Field(8192, ge=1)  # bounds the engine's memory, see models/engine.py
 
+    # Batching (service/batching.py): concurrent requests share engine calls, up to this many
+    # instances, waiting at most this long for more; a full queue answers 503 with Retry-After.
+    batch_max_instances: int = Field(256, ge=1)
+    batch_max_delay_ms: float = Field(0.0, ge=0, le=1000)
+    queue_max_requests: int = Field(256, ge=1)
+    # Waiting and computing together; past it, 504 (and the server goes on serving).
+    request_timeout_seconds: float = Field(30.0, gt=0)
+
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.default_samples > self.max_samples:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from service.pixels import FEATURES
 from service.registry import Registry, ServedModel
+from service.routes import BatcherDep
 from service.v2_infer import INPUT, OUTPUTS, check_limits, pixel_input, plan, run
 from service.v2_tensors import (
     V2Error,
@@ -75,10 +76,11 @@ V2_ERROR_TEXT = {
     404: "Unknown model or version",
     413: "Body or tensor over the limits",
     415: "Unsupported Content-Encoding",
-    503: "Not ready (with Retry-After)",
+    503: "Not ready, or overloaded: the queue is full (with Retry-After)",
+    504: "The request took longer than the timeout",
 }
 MODEL_ERRORS = _errors(400, 401, 404, 503)
-INFER_ERRORS = _errors(400, 401, 404, 413, 415, 503)
+INFER_ERRORS = _errors(400, 401, 404, 413, 415, 503, 504)
 # The versioned routes share their function with the plain ones, which read the version from
 # the path themselves: declare it for the schema.
 VERSION = {
@@ -177,10 +179,12 @@ def model_ready(served: ModelDep) -> dict[str, Any]:
     return {"name": served.name, "ready": True}
 
 
-# A plain `def`: FastAPI runs it in its thread pool, so parsing and torch stay off the event loop.
+# Inference runs in the batcher's thread (service/batching.py), never on the event loop.
 @v2.post("/models/{model}/infer", responses=INFER_ERRORS)
 @v2.post("/models/{model}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=VERSION)
-def infer(served: ModelDep, registry: RegistryDep, raw: BodyDep, request: Request) -> Response:
+async def infer(
+    served: ModelDep, registry: RegistryDep, raw: BodyDep, request: Request, batcher: BatcherDep
+) -> Response:
     """Eval mode, or MC dropout with the parameter mc_samples; JSON or binary tensors."""
     settings = registry.settings
     raw = decompress(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
@@ -197,7 +201,7 @@ def infer(served: ModelDep, registry: RegistryDep, raw: BodyDep, request: Reques
         head["parameters"] = {"mc_samples": asked.samples}
         if asked.seed is not None:
             head["parameters"]["seed"] = asked.seed
-    content, header_length = encode_response(head, run(served, X, asked))
+    content, header_length = encode_response(head, await run(served, X, asked, batcher))
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

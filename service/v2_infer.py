@@ -5,7 +5,8 @@ from typing import Any
 
 import torch
 
-from models.engine import MAX_SEED, MCRequest
+from models.engine import MAX_SEED
+from service.batching import Batcher, OverloadedError, TimedOutError
 from service.registry import ServedModel
 from service.settings import Settings
 from service.v2_tensors import InferenceRequest, InputTensor, OutputTensor, V2Error, bad
@@ -117,13 +118,18 @@ def check_limits(batch: int, samples: int | None, settings: Settings) -> None:
         )
 
 
-def _results(
-    served: ServedModel, X: torch.Tensor, samples: int | None, seed: int | None
+async def _results(
+    served: ServedModel, X: torch.Tensor, samples: int | None, seed: int | None, batcher: Batcher
 ) -> dict[str, torch.Tensor]:
-    if samples is None:
-        probs = served.engine.predict(X)  # [batch, classes] float32
-        return {"probabilities": probs.double(), "class_index": probs.max(-1).indices}
-    (stats,) = served.engine.uncertainty([MCRequest(X, samples, seed)])
+    try:
+        if samples is None:
+            probs = await batcher.predict(served.engine, served.name, X)  # [batch, classes]
+            return {"probabilities": probs.double(), "class_index": probs.max(-1).indices}
+        stats = await batcher.uncertainty(served.engine, served.name, X, samples, seed)
+    except OverloadedError as e:
+        raise V2Error(503, f"overloaded: {e}; retry later", {"Retry-After": "1"}) from None
+    except TimedOutError as e:
+        raise V2Error(504, str(e)) from None
     return {
         "probabilities": stats.mean_probabilities,
         "class_index": stats.class_index,
@@ -136,8 +142,10 @@ def _results(
     }
 
 
-def run(served: ServedModel, X: torch.Tensor, plan: Plan) -> list[OutputTensor]:
-    results = _results(served, X, plan.samples, plan.seed)
+async def run(
+    served: ServedModel, X: torch.Tensor, plan: Plan, batcher: Batcher
+) -> list[OutputTensor]:
+    results = await _results(served, X, plan.samples, plan.seed, batcher)
     return [
         OutputTensor(name, OUTPUTS[name][0], results[name].cpu().numpy(), binary)
         for name, binary in plan.outputs
