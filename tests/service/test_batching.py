@@ -1,0 +1,204 @@
+"""Request batching, the bounded queue and the request timeout (service/batching.py).
+
+A gate holds the inference thread on its first batch, so that the requests sent meanwhile queue
+up; what happens next (merged batches, a full queue, timeouts) is then deterministic."""
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+import service.batching
+from service.batching import Job
+from service.settings import Settings
+from tests.service.conftest import make_client, wait_ready
+
+PIXELS = torch.rand(6, 784, generator=torch.Generator().manual_seed(3)).tolist()
+
+
+class Gate:
+    """Stands in for service.batching.execute: records each batch, and holds the first one
+    until opened."""
+
+    def __init__(self) -> None:
+        self.opened = threading.Event()
+        self.batches: list[list[Job]] = []
+        self._execute = service.batching.execute
+
+    def __call__(self, jobs: list[Job], resolve: service.batching.Resolve) -> None:
+        self.batches.append(list(jobs))
+        if len(self.batches) == 1:
+            assert self.opened.wait(30), "the test never opened the gate"
+        self._execute(jobs, resolve)
+
+
+@pytest.fixture
+def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+    gate = Gate()
+    monkeypatch.setattr(service.batching, "execute", gate)
+    yield gate
+    gate.opened.set()
+
+
+def gated_client(settings: Settings, **changes: Any) -> TestClient:
+    return make_client(settings.model_copy(update=changes))
+
+
+def queue_depth(client: TestClient) -> float:
+    match = re.search(r"^mcdropout_queue_depth (\S+)$", client.get("/metrics").text, re.M)
+    assert match is not None
+    return float(match.group(1))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def predict_body(i: int) -> dict[str, Any]:
+    return {"instances": [PIXELS[i]]}
+
+
+def mc_body(i: int) -> dict[str, Any]:
+    return {"instances": PIXELS[i : i + 2], "samples": 30 + i, "seed": 100 + i}
+
+
+def send(
+    pool: ThreadPoolExecutor, client: TestClient, route: str, body: dict[str, Any]
+) -> Future[httpx.Response]:
+    return pool.submit(client.post, f"/v1/models/tiny/{route}", json=body)
+
+
+def hold_worker(pool: ThreadPoolExecutor, client: TestClient, gate: Gate) -> Future[httpx.Response]:
+    """A first request that occupies the inference thread until the gate opens."""
+    first = send(pool, client, "predict", predict_body(5))
+    wait_until(lambda: len(gate.batches) == 1)
+    return first
+
+
+def test_concurrent_requests_share_engine_calls_and_keep_their_answers(
+    settings: Settings, gate: Gate
+) -> None:
+    with gated_client(settings) as client, ThreadPoolExecutor(8) as pool:
+        wait_ready(client)
+        gate.opened.set()
+        alone = {
+            ("predict", i): client.post("/v1/models/tiny/predict", json=predict_body(i)).json()
+            for i in range(3)
+        } | {
+            ("uncertainty", i): client.post("/v1/models/tiny/uncertainty", json=mc_body(i)).json()
+            for i in range(3)
+        }
+        gate.batches.clear()
+        gate.opened.clear()
+        first = hold_worker(pool, client, gate)
+        pending = {
+            key: send(
+                pool, client, key[0], (predict_body if key[0] == "predict" else mc_body)(key[1])
+            )
+            for key in alone
+        }
+        wait_until(lambda: queue_depth(client) == len(pending))
+        gate.opened.set()
+        answers = {key: future.result().json() for key, future in pending.items()}
+        assert first.result().status_code == 200
+    # All six waited together, and went to the engine together.
+    assert [len(batch) for batch in gate.batches] == [1, 6]
+    for key, answer in answers.items():
+        if key[0] == "uncertainty":
+            assert answer == alone[key]  # per-request N and seed: the same numbers, exactly
+        else:
+            (got,), (want,) = answer["predictions"], alone[key]["predictions"]
+            assert got["class_index"] == want["class_index"]
+            assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-6)
+
+
+def test_a_batch_stops_at_the_instance_limit(settings: Settings, gate: Gate) -> None:
+    with gated_client(settings, batch_max_instances=4) as client, ThreadPoolExecutor(8) as pool:
+        wait_ready(client)
+        first = hold_worker(pool, client, gate)
+        body = {"instances": PIXELS[:3], "samples": 5, "seed": 1}
+        pending = [send(pool, client, "uncertainty", body) for _ in range(3)]
+        wait_until(lambda: queue_depth(client) == 3)
+        gate.opened.set()
+        assert all(f.result().status_code == 200 for f in [first, *pending])
+    sizes = [sum(job.instances for job in batch) for batch in gate.batches]
+    assert sizes == [1, 3, 3, 3]  # 3 + 3 would exceed 4: each request starts a batch
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(
+    settings: Settings, gate: Gate
+) -> None:
+    with gated_client(settings, queue_max_requests=2) as client, ThreadPoolExecutor(8) as pool:
+        wait_ready(client)
+        first = hold_worker(pool, client, gate)
+        queued = [send(pool, client, "uncertainty", mc_body(i)) for i in range(2)]
+        wait_until(lambda: queue_depth(client) == 2)
+        refused = client.post("/v1/models/tiny/uncertainty", json=mc_body(3))
+        v2 = client.post(
+            "/v2/models/tiny/infer",
+            json={
+                "inputs": [
+                    {"name": "images", "shape": [1, 784], "datatype": "FP32", "data": PIXELS[0]}
+                ]
+            },
+        )
+        gate.opened.set()
+        assert [f.result().status_code for f in [first, *queued]] == [200, 200, 200]
+        assert client.post("/v1/models/tiny/uncertainty", json=mc_body(3)).status_code == 200
+        metrics = client.get("/metrics").text
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json() == {
+        "detail": "overloaded: the queue is full (2 requests waiting); retry later"
+    }
+    assert v2.status_code == 503
+    assert v2.headers["retry-after"] == "1"
+    assert v2.json() == {"error": "overloaded: the queue is full (2 requests waiting); retry later"}
+    assert 'mcdropout_rejected_requests_total{reason="queue full"} 2.0' in metrics
+
+
+def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(
+    settings: Settings, gate: Gate
+) -> None:
+    with (
+        gated_client(settings, request_timeout_seconds=0.3) as client,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        wait_ready(client)
+        first = hold_worker(pool, client, gate)
+        late = client.post("/v1/models/tiny/uncertainty", json=mc_body(0))
+        gate.opened.set()
+        held = first.result()  # it waited in the engine past its timeout too
+        after = client.post("/v1/models/tiny/uncertainty", json=mc_body(0))
+        metrics = client.get("/metrics").text
+    assert late.status_code == 504
+    assert late.json() == {"detail": "the request took longer than 0.3 s"}
+    assert held.status_code == 504
+    assert after.status_code == 200
+    # The queued job that timed out never reached the engine.
+    assert [len(batch) for batch in gate.batches] == [1, 1]
+    assert 'mcdropout_rejected_requests_total{reason="timeout"} 2.0' in metrics
+
+
+def test_batch_metrics_count_requests_and_instances(settings: Settings) -> None:
+    with gated_client(settings, batch_max_delay_ms=5) as client:
+        wait_ready(client)
+        assert (
+            client.post("/v1/models/tiny/predict", json={"instances": PIXELS[:3]}).status_code
+            == 200
+        )
+        assert client.post("/v1/models/tiny/uncertainty", json=mc_body(0)).status_code == 200
+        metrics = client.get("/metrics").text
+    assert 'mcdropout_batch_requests_count{mode="eval"} 1.0' in metrics
+    assert 'mcdropout_batch_instances_sum{mode="eval"} 3.0' in metrics
+    assert 'mcdropout_batch_instances_sum{mode="mc"} 2.0' in metrics
