@@ -143,11 +143,13 @@ class Engine:
             yield F.linear(A, weights[-1], self.tail[-1][1]).view(k, batch, -1)
 
 
-def engine_for(checkpoint: Checkpoint, max_chunk_rows: int = 8192) -> Engine:
-    """The engine a checkpoint asks for: its fitted temperatures, if it has any."""
+def engine_for(
+    checkpoint: Checkpoint, max_chunk_rows: int = 8192, device: str | torch.device = "cpu"
+) -> Engine:
+    """The engine a checkpoint asks for, on `device`: its fitted temperatures, if it has any."""
     calibration = checkpoint.metadata.get("calibration") or {}
     return Engine(
-        checkpoint.model,
+        checkpoint.model.to(device),
         max_chunk_rows=max_chunk_rows,
         temperature_eval=float(calibration.get("temperature_eval", 1.0)),
         temperature_mc=float(calibration.get("temperature_mc", 1.0)),

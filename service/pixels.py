@@ -28,7 +28,7 @@ def _instance(value: Any, index: int) -> np.ndarray:
     if a.shape not in ((FEATURES,), (SIDE, SIDE)):
         raise InstanceError(index, f"expected {SHAPE_HINT}, got shape {list(a.shape)}")
     flat = value if a.ndim == 1 else itertools.chain.from_iterable(value)
-    if any(type(v) is bool for v in flat):  # numpy would quietly read true as 1.0
+    if bool in map(type, flat):  # numpy would quietly read true as 1.0
         raise InstanceError(index, "values must be numbers, not true/false")
     a = a.reshape(FEATURES)
     bad = np.flatnonzero(~np.isfinite(a))

@@ -145,7 +145,7 @@ class Registry:
     def _load_one(self, file: Path) -> ServedModel:
         try:
             ckpt = load_checkpoint(file)
-            engine = engine_for(ckpt, self.settings.mc_chunk_rows)
+            engine = engine_for(ckpt, self.settings.mc_chunk_rows, self.settings.device)
             card = model_card(file.stem, ckpt, self.settings)
         except CheckpointError as e:
             log.error("refused checkpoint %s: %s", file, e)

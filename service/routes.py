@@ -1,9 +1,12 @@
-from collections.abc import Awaitable
+import json
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 
+import pydantic_core
 import torch
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.responses import PlainTextResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.calibration import wilson_interval
@@ -27,21 +30,23 @@ from service.settings import Settings
 RETRY_AFTER = {"Retry-After": "1"}
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.state.registry
     return registry
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.state.metrics
     return metrics
 
 
-def get_batcher(request: Request) -> Batcher:
+async def get_batcher(request: Request) -> Batcher:
     batcher: Batcher = request.state.batcher
     return batcher
 
 
+# Dependencies are `async def`: FastAPI would run a plain `def` in its thread pool, a thread
+# hand-off per dependency per request.
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 BatcherDep = Annotated[Batcher, Depends(get_batcher)]
@@ -58,7 +63,7 @@ async def batched(result: Awaitable[T]) -> T:
         raise HTTPException(504, str(e)) from None
 
 
-def get_model(model: str, registry: RegistryDep) -> ServedModel:
+async def get_model(model: str, registry: RegistryDep) -> ServedModel:
     if not registry.serving:
         raise HTTPException(503, f"not ready: {registry.reason}", headers=RETRY_AFTER)
     served = registry.models.get(model)
@@ -70,9 +75,35 @@ def get_model(model: str, registry: RegistryDep) -> ServedModel:
 
 ModelDep = Annotated[ServedModel, Depends(get_model)]
 
+
+class JSONRequest(Request):
+    """Parses JSON bodies with pydantic-core's parser: for 784 floats about 6x faster than the
+    json module (bench/request_profile.py). A body it refuses goes to the json module, whose
+    result or error (what FastAPI turns into a 4xx) is then the answer."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            body = await self.body()
+            try:
+                self._json = pydantic_core.from_json(body)
+            except ValueError:
+                self._json = json.loads(body)
+        return self._json
+
+
+class JSONRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            return await handler(JSONRequest(request.scope, request.receive))
+
+        return route
+
+
 health = APIRouter(prefix="/health", tags=["health"])
 operations = APIRouter(tags=["operations"])
-v1 = APIRouter(prefix="/v1/models", tags=["v1"])
+v1 = APIRouter(prefix="/v1/models", tags=["v1"], route_class=JSONRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorDetail, "description": "Missing or invalid API key (when one is set)"},

@@ -1,6 +1,7 @@
 from pathlib import Path
 from typing import Self
 
+import torch
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,6 +31,12 @@ class Settings(BaseSettings):
     max_samples: int = Field(1000, ge=1)
     max_total_samples: int = Field(100_000, ge=1)  # instances x samples in one request
     mc_chunk_rows: int = Field(8192, ge=1)  # bounds the engine's memory, see models/engine.py
+    # Where the engines run: "cpu", or "cuda" / "cuda:N" when torch sees a GPU.
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
+    # The image routes (service/web.py): the upload's bytes, and the pixels its header declares,
+    # checked before anything is decoded, so that a decompression bomb is refused (413).
+    max_image_bytes: int = Field(5 * 1024 * 1024, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
 
     # Batching (service/batching.py): concurrent requests share engine calls, up to this many
     # instances, waiting at most this long for more; a full queue answers 503 with Retry-After.
@@ -41,6 +48,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
+        if self.device.startswith("cuda"):
+            index = int(self.device.partition(":")[2] or 0)
+            if index >= torch.cuda.device_count():
+                found = torch.cuda.device_count()
+                raise ValueError(
+                    f"device {self.device!r}: torch sees {found} CUDA device(s) here; "
+                    "use device 'cpu' or a CUDA build of torch on a GPU machine"
+                )
         if self.default_samples > self.max_samples:
             raise ValueError(
                 f"default_samples ({self.default_samples}) must not exceed "

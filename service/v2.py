@@ -90,7 +90,7 @@ VERSION = {
 }
 
 
-def get_registry(request: Request) -> Registry:
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.state.registry
     return registry
 
@@ -98,7 +98,7 @@ def get_registry(request: Request) -> Registry:
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 
 
-def get_model(request: Request, model: str, registry: RegistryDep) -> ServedModel:
+async def get_model(request: Request, model: str, registry: RegistryDep) -> ServedModel:
     # Serving, not ready: while draining at shutdown, requests that still arrive are answered.
     if not registry.serving:
         raise V2Error(503, f"not ready: {registry.reason}", RETRY_AFTER)

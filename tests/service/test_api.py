@@ -1,3 +1,4 @@
+import asyncio
 import hashlib
 import json
 import math
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from models.checkpoint import load_checkpoint
 from models.engine import Engine
+from service.routes import JSONRequest
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready, write_tiny_checkpoint
 from training.data import LABELS
@@ -359,3 +361,26 @@ def test_calibrated_model_applies_temperatures_and_abstains(tmp_path: Path) -> N
             assert p["agreement_interval"] == pytest.approx(
                 [max(0.0, centre - half), min(1.0, centre + half)], abs=1e-12
             )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"instances": [[0.1, 1e-3, 2.5E-1, 0.30000000000000004, 1, 0, -0.0, 1.0]]}',
+        '{"a": 123456789012345678901234567890, "b": [NaN, Infinity, -Infinity]}',
+        '{"s": "\\ud800 lone surrogate", "t": "\\u00e9\\n", "dup": 1, "dup": 2}',
+        '{"x": 1e400, "y": 5e-324}',
+    ],
+)
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-8-sig"])
+def test_json_bodies_parse_exactly_as_the_json_module_parses_them(text: str, encoding: str) -> None:
+    body = text.encode(encoding)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    request = JSONRequest({"type": "http", "method": "POST", "headers": []}, receive)
+    parsed = asyncio.run(request.json())
+    expected = json.loads(body)
+    assert json.dumps(parsed) == json.dumps(expected)  # NaN-safe and type-exact comparison
+    assert [type(v) for v in parsed.values()] == [type(v) for v in expected.values()]
