@@ -4,6 +4,8 @@
 Run: .venv/bin/python bench/load.py --checkpoint checkpoints/fashion-mlp.safetensors \
         --requests 10000 --concurrency 32
 Each request carries one test-like image; --mc-share of them are uncertainty requests (N=100).
+Soak: --rounds 3 --max-rss-growth-mb 25 fails (exit 1) if the server's RSS grows by more than
+that from the end of the first round (a warm server) to the end of the last.
 """
 
 import argparse
@@ -77,6 +79,7 @@ def main() -> None:
     p.add_argument("--mc-share", type=float, default=0.5)
     p.add_argument("--samples", type=int, default=100)
     p.add_argument("--rounds", type=int, default=1, help="repeat, for a soak: RSS after each")
+    p.add_argument("--max-rss-growth-mb", type=float, help="the soak's bound (needs 2+ rounds)")
     args = p.parse_args()
 
     folder = Path(tempfile.mkdtemp())
@@ -103,6 +106,8 @@ def main() -> None:
         )
         start_rss = rss_mb(server.pid)
         print(f"server RSS after start: {start_rss:.0f} MB")
+        rss: list[float] = []
+        errors_total = 0
         for round_ in range(1, args.rounds + 1):
             started = time.perf_counter()
             latencies, statuses, failures = asyncio.run(
@@ -111,16 +116,29 @@ def main() -> None:
             wall = time.perf_counter() - started
             q = statistics.quantiles(latencies, n=100)
             errors = failures + sum(n for code, n in statuses.items() if code != 200)
+            errors_total += errors
+            rss.append(rss_mb(server.pid))
             print(
                 f"round {round_}: {args.requests} requests, concurrency {args.concurrency}, "
                 f"{args.mc_share:.0%} uncertainty (N={args.samples}): "
                 f"{args.requests / wall:.0f} req/s, p50 {q[49] * 1e3:.1f} ms, "
                 f"p99 {q[98] * 1e3:.1f} ms, errors {errors}, statuses {statuses}, "
-                f"server RSS {rss_mb(server.pid):.0f} MB"
+                f"server RSS {rss[-1]:.0f} MB"
             )
     finally:
         server.send_signal(signal.SIGTERM)
         print(f"server exit code after SIGTERM: {server.wait(timeout=60)}")
+    failed = errors_total > 0
+    if args.max_rss_growth_mb is not None and len(rss) >= 2:
+        growth = rss[-1] - rss[0]
+        within = growth <= args.max_rss_growth_mb
+        print(
+            f"soak: RSS grew {growth:.1f} MB from round 1 to round {len(rss)} "
+            f"(bound {args.max_rss_growth_mb:g} MB): {'within' if within else 'OVER'}"
+        )
+        failed |= not within
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
