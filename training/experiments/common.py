@@ -17,7 +17,7 @@ from models.stats import UncertaintyStats
 from training import metrics
 from training.report import digits_28x28, engine_stats, finite, uncertainty_scores
 from training.report_md import fmt
-from training.train import Split, State, TrainConfig, fit, load_splits
+from training.train import CHAPTER_OPTIMIZER, Split, State, TrainConfig, fit, load_splits
 from training.variants import NoisyMLP, mc_stats
 
 OnEpoch = Callable[[DropoutMLP, torch.optim.Optimizer, torch.Generator, State], None]
@@ -65,6 +65,7 @@ def train_mlp(
 ) -> tuple[DropoutMLP, State]:
     """The chapter's network and optimiser (SGD, lr 0.1, batch 256), seeded with b.seed."""
     cfg = TrainConfig(
+        **CHAPTER_OPTIMIZER,
         out=b.out / "unused.safetensors",  # nothing is written: no resume, no saving callback
         epochs=epochs or b.epochs,
         dropout=dropout,

@@ -18,7 +18,15 @@ from training.experiments.common import (
     train_mlp,
     write_results,
 )
-from training.train import Split, State, TrainConfig, evaluate_split, make_optimizer, train_epoch
+from training.train import (
+    CHAPTER_OPTIMIZER,
+    Split,
+    State,
+    TrainConfig,
+    evaluate_split,
+    make_optimizer,
+    train_epoch,
+)
 from training.variants import NoiseKind, NoisyMLP
 
 
@@ -256,7 +264,9 @@ def train_noisy(data: Data, b: Budget, kind: NoiseKind, p: float) -> NoisyMLP:
     """Same optimiser, batch, epochs, seed and shuffling as train_mlp, for a NoisyMLP."""
     torch.manual_seed(b.seed)
     model = NoisyMLP(kind, (p, p))
-    optimizer = make_optimizer(model, TrainConfig(epochs=b.epochs, seed=b.seed))
+    optimizer = make_optimizer(
+        model, TrainConfig(**CHAPTER_OPTIMIZER, epochs=b.epochs, seed=b.seed)
+    )
     shuffle = torch.Generator().manual_seed(b.seed)
     for epoch in range(b.epochs):
         train_epoch(model, optimizer, data.train, 256, shuffle, False, f"epoch {epoch + 1}")
