@@ -9,7 +9,7 @@ CHECKPOINT ?= checkpoints/fashion-mlp.safetensors
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 SAMPLES ?= 100
 
-.PHONY: setup data train evaluate report experiments run test lint format clean
+.PHONY: setup data train evaluate report experiments run test lint format clean bench
 
 setup: $(VENV)/.installed
 
@@ -59,6 +59,19 @@ test: setup data lint
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The benchmarks of docs/performance.md, on this machine (minutes; best on an idle one). LitServe
+# (the `bench` extra) and Debian's wrk serve the HTTP comparison.
+bench: $(CHECKPOINT) $(VENV)/.bench-installed
+	$(PY) bench/engine.py --threads 1
+	$(PY) bench/masks.py
+	$(PY) bench/engine_memory.py
+	$(PY) bench/http_bench.py --checkpoint $(CHECKPOINT)
+	$(PY) bench/peak_rss.py --checkpoint $(CHECKPOINT)
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $@
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -12,6 +12,7 @@ import math
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,41 @@ def call(url: str, body: object = None) -> tuple[int, Any, float]:
             return response.status, json.load(response), time.perf_counter() - start
     except urllib.error.HTTPError as e:  # 4xx/5xx still carry a JSON body
         return e.code, json.load(e), time.perf_counter() - start
+
+
+def png(pixels: bytes, side: int) -> bytes:
+    """A grayscale PNG of side x side bytes, with the standard library alone."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = side.to_bytes(4, "big") * 2 + bytes([8, 0, 0, 0, 0])  # 8-bit grayscale
+    rows = b"".join(b"\0" + pixels[i * side : (i + 1) * side] for i in range(side))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+
+
+def upload(url: str, image: bytes, fields: dict[str, str]) -> tuple[int, Any]:
+    """(status, JSON body) of a multipart POST of `image` as the field `file`."""
+    boundary = "smoke-boundary"
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
+        "Content-Type: image/png\r\n\r\n".encode()
+        + image
+        + b"\r\n"
+    )
+    data = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    headers = {"content-type": f"multipart/form-data; boundary={boundary}"}
+    request = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
 
 
 def expect(condition: bool, message: str) -> None:
@@ -80,6 +116,24 @@ def check(base: str, checkpoint: Path) -> list[str]:
     report.append(f"uncertainty N={n} x {len(request['instances'])} in {seconds * 1000:.0f} ms")
     _, again, _ = call(f"{model}/uncertainty", request)
     expect(again == body, "uncertainty: the same seed gave a different answer")
+
+    # The image route (Pillow inside the image): a 28x28 PNG of the example's own pixels, on the
+    # black background Fashion-MNIST has, answers as the JSON route does for pixels / 255.
+    shades = bytes(round(v * 255) for v in request["instances"][0])
+    fields = {"samples": str(n), "seed": str(request["seed"])}
+    code, image_body = upload(f"{model}/uncertainty/image", png(shades, 28), fields)
+    expect(code == 200, f"uncertainty/image: {code} {image_body}")
+    as_json = {"instances": [[b / 255 for b in shades]], "samples": n, "seed": request["seed"]}
+    _, json_body, _ = call(f"{model}/uncertainty", as_json)
+    expect(image_body == json_body, "uncertainty/image differs from the JSON route's answer")
+    report.append(f"uncertainty/image {image_body['predictions'][0]['label']}, as the JSON route")
+
+    with urllib.request.urlopen(f"{base}/", timeout=60) as response:
+        page = response.read().decode()
+    expect("<title>MC dropout" in page, "the web page at / is missing")
+    with urllib.request.urlopen(f"{base}/static/app.js", timeout=60) as response:
+        expect(response.status == 200, "the page's script is missing")
+    report.append("web page at / and its script served")
 
     code, body, _ = call(f"{model}/predict", {"instances": [[0.5] * 783]})
     text = json.dumps(body)

@@ -20,6 +20,7 @@ from service.registry import Registry
 from service.routes import health, operations, v1
 from service.settings import Settings
 from service.v2 import v2
+from service.web import static_files, web_routes
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(v2)
     app.include_router(admin)
+    app.include_router(web_routes(settings))
+    app.mount("/static", static_files(), name="static")
     # The last added runs first: ids and metrics see every answer, 401 and 413 included.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key is not None:

@@ -166,9 +166,8 @@ def invalid(loc: list[str | int], msg: str) -> HTTPException:
     return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
 
 
-def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch.Tensor:
-    """Limits first, then conversion: nothing is allocated for a request over the limits."""
-    n = len(instances)
+def check_limits(n: int, samples: int, settings: Settings) -> None:
+    """n instances of `samples` passes each (1 for eval) within the limits, or 422 / 413."""
     if n > settings.max_instances:
         limit = settings.max_instances
         raise invalid(["instances"], f"instances: {n} exceeds the limit of {limit} per request")
@@ -178,6 +177,11 @@ def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch
             f"instances x samples = {n} x {samples} = {n * samples} exceeds the limit of "
             f"{settings.max_total_samples}",
         )
+
+
+def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch.Tensor:
+    """Limits first, then conversion: nothing is allocated for a request over the limits."""
+    check_limits(len(instances), samples, settings)
     try:
         return torch.from_numpy(to_pixels(instances))
     except InstanceError as e:

@@ -1,0 +1,72 @@
+"""A real server (uvicorn on 127.0.0.1, the tiny model) and Debian's Chromium driven by
+Playwright, headless. Never a browser download: without /usr/bin/chromium the tests skip, except
+in CI (env CI set), where they fail."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
+
+from tests.servers import LIMITS, serve, wait_until_ready
+from tests.service.conftest import write_tiny_checkpoint
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).parents[2]
+
+
+def artifacts() -> Path:
+    """Where screenshots go: $MCDROPOUT_ARTIFACTS/web, by default test-artifacts/web."""
+    folder = Path(os.environ.get("MCDROPOUT_ARTIFACTS", ROOT / "test-artifacts")) / "web"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("web-models")
+    write_tiny_checkpoint(folder / "tiny.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path) -> Iterator[str]:
+    with serve(model_dir, LIMITS) as url:
+        wait_until_ready(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        reason = f"{CHROMIUM} is missing: apt-get install chromium (never `playwright install`)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the browser tests: {reason}")
+        pytest.skip(reason)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh page; any uncaught script error fails the test."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            errors.append(message.text)
+
+    page.on("console", console)
+    page.set_default_timeout(10_000)
+    yield page
+    context.close()
+    assert errors == []
