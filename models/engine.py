@@ -64,19 +64,23 @@ class Engine:
         self.samplers = [MaskSampler(p) if p > 0 else None for p in self.ps]
         # Constants are folded into weights once: each dropout's 1/keep into the next layer,
         # (h * m / q) W^T = (h * m) (W / q)^T, and 1/temperature into the last one. That saves
-        # a pass over every masked activation and over the logits.
-        self.tail: list[tuple[torch.Tensor, torch.Tensor]] = []  # ([out, in], [out])
+        # a pass over every masked activation and over the logits. Hidden layers' weights are
+        # stored transposed, [in, out] and contiguous: dropping inactive inputs (below) then
+        # selects whole rows, where selecting columns of [out, in] is a strided gather (B = 1,
+        # N = 100 ran about 10% faster); the narrow last layer multiplies faster as [out, in].
+        self.tail: list[
+            tuple[torch.Tensor, torch.Tensor]
+        ] = []  # ([in, out] | last [out, in], [out])
         if self.first_dropout is not None:
             rest = self.linears[self.first_dropout + 1 :]
             for i, linear in enumerate(rest, self.first_dropout):
                 sampler = self.samplers[i]
                 scale = sampler.scale if sampler is not None else 1.0
                 if linear is rest[-1]:
-                    self.tail.append(
-                        (linear.weight * (scale / temperature_mc), linear.bias / temperature_mc)
-                    )
+                    t = temperature_mc
+                    self.tail.append((linear.weight * (scale / t), linear.bias / t))
                 else:
-                    self.tail.append((linear.weight * scale, linear.bias))
+                    self.tail.append(((linear.weight * scale).T.contiguous(), linear.bias))
 
     @property
     def supports_mc(self) -> bool:
@@ -127,7 +131,8 @@ class Engine:
         active = (H > 0).any(0).nonzero().squeeze(1)
         weights = [w for w, _ in self.tail]
         if active.numel() < H.shape[1]:
-            H, weights[0] = H.index_select(1, active), weights[0].index_select(1, active)
+            inputs_dim = 1 if len(weights) == 1 else 0  # the last layer is [out, in]
+            H, weights[0] = H.index_select(1, active), weights[0].index_select(inputs_dim, active)
         batch, width = H.shape
         per_chunk = max(1, self.max_chunk_rows // batch)
         for start in range(0, request.samples, per_chunk):
@@ -137,7 +142,7 @@ class Engine:
             for weight, (_, bias), sampler in zip(
                 weights[:-1], self.tail[:-1], self.samplers[first + 1 :], strict=True
             ):
-                A = F.linear(A, weight, bias).relu_()
+                A = torch.addmm(bias, A, weight).relu_()
                 if sampler is not None:
                     A.mul_(sampler.sample(A.shape, generator))
             yield F.linear(A, weights[-1], self.tail[-1][1]).view(k, batch, -1)

@@ -8,7 +8,6 @@ from typing import Any
 
 import uvicorn
 
-from service.app import create_app
 from service.observability import configure_logging
 from service.settings import Settings
 
@@ -43,6 +42,8 @@ def main() -> None:
         # Several processes: uvicorn's supervisor imports the app in each of them.
         uvicorn.run("service.app:create_app", factory=True, workers=settings.workers, **options)
         return
+    from service.app import create_app  # here: the multi-worker supervisor never loads torch
+
     app = create_app(settings)
     registry = app.state.registry
 

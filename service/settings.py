@@ -1,7 +1,6 @@
 from pathlib import Path
 from typing import Self
 
-import torch
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -49,6 +48,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.device.startswith("cuda"):
+            import torch  # here: the multi-worker supervisor reads settings but needs no torch
+
             index = int(self.device.partition(":")[2] or 0)
             if index >= torch.cuda.device_count():
                 found = torch.cuda.device_count()

@@ -161,7 +161,14 @@ def test_deterministic_prefix_runs_once(
         calls.append((x.shape[0], w.shape[0]))
         return real_linear(x, w, b)
 
+    real_addmm = torch.addmm  # hidden layers after the first dropout: weights are [in, out]
+
+    def spy_addmm(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        calls.append((x.shape[0], w.shape[1]))
+        return real_addmm(b, x, w)
+
     monkeypatch.setattr(F, "linear", spy)
+    monkeypatch.setattr(torch, "addmm", spy_addmm)
     engine.uncertainty([MCRequest(images(batch), samples, 0)])
     layers = model.layers()
     first = dropout.index(next(p for p in dropout if p > 0))

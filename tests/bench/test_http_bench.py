@@ -1,0 +1,59 @@
+"""bench/http_bench.py end to end, briefly: `ours` and `naive` on a tiny checkpoint, concurrency
+1 and 4, one second a row. Needs wrk or hey, the load generators the benchmark drives."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.mlp import MLPConfig, build_model
+from training.data import LABELS
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = MLPConfig(hidden=(32, 16), dropout=(0.5, 0.5))
+
+
+def tiny_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    save_checkpoint(path, build_model(TINY), LABELS, {"created_at": "2026-01-01T00:00:00+00:00"})
+    return path
+
+
+def test_quick_run_measures_ours_and_naive_without_errors(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None and shutil.which("hey") is None:
+        reason = "needs wrk or hey on PATH (Debian: apt-get install wrk hey)"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the HTTP benchmark's test: {reason}")
+        pytest.skip(reason)
+    out = tmp_path / "result.json"
+    argv = [
+        sys.executable, str(ROOT / "bench" / "http_bench.py"), "--quick",
+        "--checkpoint", str(tiny_checkpoint(tmp_path / "tiny.safetensors")),
+        "--servers", "ours,naive", "--concurrency", "1,4", "--duration", "1",
+        "--json", str(out),
+    ]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| server | endpoint | concurrency | req/s | p50 ms | p99 ms | errors |" in done.stdout
+
+    result = json.loads(out.read_text())
+    assert result["failures"] == []
+    assert result["machine"]["cores"] >= 1
+    rows = result["rows"]
+    assert {(r["server"], r["endpoint"], r["concurrency"]) for r in rows} == {
+        (server, endpoint, c)
+        for server in ("ours", "naive")
+        for endpoint in ("eval", "uncertainty N=100")
+        for c in (1, 4)
+    }
+    for row in rows:
+        assert row["requests"] > 0, row
+        assert row["req_per_s"] > 0, row
+        assert 0 < row["p50_ms"] <= row["p99_ms"], row
+        assert row["errors"] == 0, row
