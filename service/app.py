@@ -1,4 +1,5 @@
 import asyncio
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -113,6 +114,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loading = asyncio.create_task(asyncio.to_thread(registry.load))
         batcher = Batcher(settings, metrics)
         await batcher.start()
+        # Everything allocated so far (torch, the app) lives as long as the process: keep the
+        # garbage collector's full passes off it. Without this, one every few thousand requests
+        # walked the whole heap and stalled the event loop (the p99 of docs/performance.md).
+        gc.collect()
+        gc.freeze()
         yield {"registry": registry, "metrics": metrics, "batcher": batcher}
         await loading
         await batcher.stop()
