@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import litserve as ls  # type: ignore[import-untyped]
+import litserve as ls
 import torch
 from torch.nn import functional as F
 

@@ -9,20 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from models.checkpoint import save_checkpoint
-from models.mlp import MLPConfig, build_model
-from training.data import LABELS
+from tests.service.conftest import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = MLPConfig(hidden=(32, 16), dropout=(0.5, 0.5))
-
-
-def tiny_checkpoint(path: Path) -> Path:
-    torch.manual_seed(0)
-    save_checkpoint(path, build_model(TINY), LABELS, {"created_at": "2026-01-01T00:00:00+00:00"})
-    return path
 
 
 def test_quick_run_measures_ours_and_naive_without_errors(tmp_path: Path) -> None:
@@ -34,7 +24,7 @@ def test_quick_run_measures_ours_and_naive_without_errors(tmp_path: Path) -> Non
     out = tmp_path / "result.json"
     argv = [
         sys.executable, str(ROOT / "bench" / "http_bench.py"), "--quick",
-        "--checkpoint", str(tiny_checkpoint(tmp_path / "tiny.safetensors")),
+        "--checkpoint", str(write_tiny_checkpoint(tmp_path / "tiny.safetensors")),
         "--servers", "ours,naive", "--concurrency", "1,4", "--duration", "1",
         "--json", str(out),
     ]  # fmt: skip

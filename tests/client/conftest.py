@@ -8,14 +8,12 @@ import pytest
 
 from mcdropout_client import Client
 from tests.servers import LIMITS, serve
-from tests.service.conftest import write_tiny_checkpoint
+from tests.service.conftest import tiny_model_folder
 
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("client-models")
-    write_tiny_checkpoint(folder / "tiny.safetensors")
-    return folder
+    return tiny_model_folder(tmp_path_factory, "client-models")
 
 
 @pytest.fixture(scope="session")

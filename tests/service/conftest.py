@@ -22,11 +22,16 @@ def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("models")
+def tiny_model_folder(factory: pytest.TempPathFactory, prefix: str) -> Path:
+    """A new folder holding one tiny checkpoint, served as the model "tiny"."""
+    folder = factory.mktemp(prefix)
     write_tiny_checkpoint(folder / "tiny.safetensors")
     return folder
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model_folder(tmp_path_factory, "models")
 
 
 def wait_ready(client: TestClient, timeout: float = 10.0) -> None:

@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 from tests.servers import LIMITS, serve, wait_until_ready
-from tests.service.conftest import write_tiny_checkpoint
+from tests.service.conftest import tiny_model_folder
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).parents[2]
@@ -25,9 +25,7 @@ def artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("web-models")
-    write_tiny_checkpoint(folder / "tiny.safetensors")
-    return folder
+    return tiny_model_folder(tmp_path_factory, "web-models")
 
 
 @pytest.fixture(scope="session")
