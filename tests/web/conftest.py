@@ -35,7 +35,9 @@ def server(model_dir: Path) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
+# Module scope: sync Playwright keeps an asyncio loop running in this thread while it is open,
+# and tests after these ones (asyncio.run) must not find it.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
         reason = f"{CHROMIUM} is missing: apt-get install chromium (never `playwright install`)"
