@@ -3,8 +3,11 @@
 
 import io
 import struct
+import threading
+import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -14,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 from pydantic import SecretStr
 
+import service.web
 from service.image import ImageError, convert
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready
@@ -475,3 +479,36 @@ def test_the_page_is_served_without_an_api_key(image_settings: Settings) -> None
             ).status_code
             == 200
         )
+
+
+def test_at_most_two_uploads_are_decoded_at_once(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    active, peak = 0, 0
+    lock, release = threading.Lock(), threading.Event()
+
+    def held(data: bytes, **limits: int) -> Any:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        try:
+            assert release.wait(10)
+            return convert(data, **limits)
+        finally:
+            with lock:
+                active -= 1
+
+    monkeypatch.setattr(service.web, "convert", held)
+    data = encode(Image.fromarray(blob((28, 28)), "L"))
+    with ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(post, client, data, seed=0) for _ in range(4)]
+        deadline = time.monotonic() + 10
+        while active < 2:
+            assert time.monotonic() < deadline, "two decodes never started"
+            time.sleep(0.01)
+        time.sleep(0.3)  # the other two had time to start, and must be waiting
+        assert active == 2
+        release.set()
+        assert [a.result().status_code for a in answers] == [200] * 4
+    assert peak == 2
