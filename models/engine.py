@@ -68,9 +68,8 @@ class Engine:
         # stored transposed, [in, out] and contiguous: dropping inactive inputs (below) then
         # selects whole rows, where selecting columns of [out, in] is a strided gather (B = 1,
         # N = 100 ran about 10% faster); the narrow last layer multiplies faster as [out, in].
-        self.tail: list[
-            tuple[torch.Tensor, torch.Tensor]
-        ] = []  # ([in, out] | last [out, in], [out])
+        # (weight [in, out], or [out, in] for the last layer; bias [out])
+        self.tail: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.first_dropout is not None:
             rest = self.linears[self.first_dropout + 1 :]
             for i, linear in enumerate(rest, self.first_dropout):

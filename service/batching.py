@@ -41,7 +41,6 @@ class TimedOutError(Exception):
 @dataclass(eq=False)
 class Job:
     engine: Engine
-    model: str
     X: torch.Tensor
     samples: int | None  # None: eval mode
     seed: int | None
@@ -108,14 +107,14 @@ class Batcher:
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def predict(self, engine: Engine, model: str, X: torch.Tensor) -> torch.Tensor:
+    async def predict(self, engine: Engine, X: torch.Tensor) -> torch.Tensor:
         """Eval-mode probabilities [instances, classes]."""
-        return cast(torch.Tensor, await self._submit(Job(engine, model, X, None, None)))
+        return cast(torch.Tensor, await self._submit(Job(engine, X, None, None)))
 
     async def uncertainty(
-        self, engine: Engine, model: str, X: torch.Tensor, samples: int, seed: int | None
+        self, engine: Engine, X: torch.Tensor, samples: int, seed: int | None
     ) -> UncertaintyStats:
-        return cast(UncertaintyStats, await self._submit(Job(engine, model, X, samples, seed)))
+        return cast(UncertaintyStats, await self._submit(Job(engine, X, samples, seed)))
 
     async def _submit(self, job: Job) -> Any:
         if self._queue is None:

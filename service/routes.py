@@ -200,7 +200,7 @@ async def predict(
     """Eval-mode prediction: dropout off, deterministic."""
     X = _pixels(body.instances, registry.settings)
     metrics.instances.labels(served.name, "eval").observe(len(X))
-    probs = await batched(batcher.predict(served.engine, served.name, X))
+    probs = await batched(batcher.predict(served.engine, X))
     confidence, index = probs.max(-1)
     return PredictResponse.model_validate(
         {
@@ -259,7 +259,7 @@ async def answer_uncertainty(
     batcher: Batcher,
 ) -> UncertaintyResponse:
     """The MC answer for pixels X [instances, 784] already checked against the limits."""
-    stats = await batched(batcher.uncertainty(served.engine, served.name, X, samples, seed))
+    stats = await batched(batcher.uncertainty(served.engine, X, samples, seed))
     metrics.instances.labels(served.name, "mc").observe(len(X))
     metrics.samples.labels(served.name).observe(samples)
     for agreement in stats.agreement.tolist():

@@ -6,8 +6,9 @@ from typing import Any
 import torch
 
 from models.engine import MAX_SEED
-from service.batching import Batcher, OverloadedError, TimedOutError
+from service.batching import Batcher
 from service.registry import ServedModel
+from service.routes import batched
 from service.settings import Settings
 from service.v2_tensors import InferenceRequest, InputTensor, OutputTensor, V2Error, bad
 
@@ -121,15 +122,11 @@ def check_limits(batch: int, samples: int | None, settings: Settings) -> None:
 async def _results(
     served: ServedModel, X: torch.Tensor, samples: int | None, seed: int | None, batcher: Batcher
 ) -> dict[str, torch.Tensor]:
-    try:
-        if samples is None:
-            probs = await batcher.predict(served.engine, served.name, X)  # [batch, classes]
-            return {"probabilities": probs.double(), "class_index": probs.max(-1).indices}
-        stats = await batcher.uncertainty(served.engine, served.name, X, samples, seed)
-    except OverloadedError as e:
-        raise V2Error(503, f"overloaded: {e}; retry later", {"Retry-After": "1"}) from None
-    except TimedOutError as e:
-        raise V2Error(504, str(e)) from None
+    # batched() says 503 (queue full) or 504 (timeout); V2Route answers them as {"error": ...}.
+    if samples is None:
+        probs = await batched(batcher.predict(served.engine, X))  # [batch, classes]
+        return {"probabilities": probs.double(), "class_index": probs.max(-1).indices}
+    stats = await batched(batcher.uncertainty(served.engine, X, samples, seed))
     return {
         "probabilities": stats.mean_probabilities,
         "class_index": stats.class_index,
