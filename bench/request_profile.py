@@ -7,6 +7,7 @@ One test-like image (784 floats rounded to 4 decimals), N = 100; each stage time
 
 import argparse
 import json
+import pickle
 import timeit
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.engine import MCRequest, engine_for
+from service.batching import MCAnswer
+from service.inference import frame
 from service.pixels import to_pixels
 from service.registry import ServedModel, model_card
 from service.routes import _uncertainty_items
@@ -44,9 +47,11 @@ def main() -> None:
     parsed = UncertaintyRequest.model_validate(document)
     X = torch.from_numpy(to_pixels(parsed.instances))
     (stats,) = engine.uncertainty([MCRequest(X, 100, 1)])
+    mc = MCAnswer.of(stats)
+    batch = frame(("batch", [(0, X.numpy(), 100, 1)]))
 
     def response() -> UncertaintyResponse:
-        items = _uncertainty_items(stats, served)
+        items = _uncertainty_items(mc, served)
         answer = {"model": "m", "version": "v", "samples": 100, "seed": 1, "predictions": items}
         return UncertaintyResponse.model_validate(answer)
 
@@ -58,6 +63,18 @@ def main() -> None:
         ("check and convert the pixels (to_pixels)", lambda: to_pixels(parsed.instances), 3000),
         ("engine: eval prediction", lambda: engine.predict(X), 1000),
         ("engine: MC, N = 100", lambda: engine.uncertainty([MCRequest(X, 100, 1)]), 500),
+        ("the MC statistics as lists (MCAnswer.of)", lambda: MCAnswer.of(stats), 2000),
+        (
+            "inference process: pickle the batch of one MC job",
+            lambda: frame(("batch", [(0, X.numpy(), 100, 1)])),
+            3000,
+        ),
+        ("inference process: unpickle it", lambda: pickle.loads(batch[8:]), 3000),
+        (
+            "inference process: pickle and unpickle the MC answer",
+            lambda: pickle.loads(frame(mc)[8:]),
+            3000,
+        ),
         ("build the MC answer", response, 2000),
         ("serialize the MC answer to JSON", built.model_dump_json, 3000),
     ]

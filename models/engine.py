@@ -11,6 +11,7 @@ rows x 4 B x 3 x (sum of hidden sizes + classes), 51 MB for 784-256-256-10 at th
 statistics are accumulated per chunk in O(batch x classes), independent of N.
 """
 
+import copy
 import math
 import secrets
 from collections.abc import Iterator, Sequence
@@ -53,6 +54,7 @@ class Engine:
                 raise ValueError(f"{name} must be a positive number, got {t}")
         model.eval()  # once, at load: BatchNorm or the like would stay in eval behaviour
         model.requires_grad_(False)
+        self.model = model
         self.max_chunk_rows = max_chunk_rows
         self.temperature_eval = temperature_eval
         self.temperature_mc = temperature_mc
@@ -80,6 +82,17 @@ class Engine:
                     self.tail.append((linear.weight * (scale / t), linear.bias / t))
                 else:
                     self.tail.append(((linear.weight * scale).T.contiguous(), linear.bias))
+
+    def to(self, device: str | torch.device) -> "Engine":
+        """This engine on `device`: itself if it is there, else a new engine on a copy."""
+        if torch.device(device) == self.device:
+            return self
+        return Engine(
+            copy.deepcopy(self.model).to(device),
+            max_chunk_rows=self.max_chunk_rows,
+            temperature_eval=self.temperature_eval,
+            temperature_mc=self.temperature_mc,
+        )
 
     @property
     def supports_mc(self) -> bool:

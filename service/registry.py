@@ -145,7 +145,9 @@ class Registry:
     def _load_one(self, file: Path) -> ServedModel:
         try:
             ckpt = load_checkpoint(file)
-            engine = engine_for(ckpt, self.settings.mc_chunk_rows, self.settings.device)
+            # With an inference process, the engine is a CPU copy that the child moves.
+            device = "cpu" if self.settings.inference == "process" else self.settings.device
+            engine = engine_for(ckpt, self.settings.mc_chunk_rows, device)
             card = model_card(file.stem, ckpt, self.settings)
         except CheckpointError as e:
             log.error("refused checkpoint %s: %s", file, e)

@@ -9,9 +9,13 @@ from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models.calibration import wilson_interval
-from models.stats import UncertaintyStats
-from service.batching import Batcher, OverloadedError, TimedOutError
+from service.batching import (
+    Batcher,
+    InferenceError,
+    MCAnswer,
+    OverloadedError,
+    TimedOutError,
+)
 from service.observability import Metrics
 from service.pixels import InstanceError, to_pixels
 from service.registry import Registry, ServedModel
@@ -54,13 +58,16 @@ T = TypeVar("T")
 
 
 async def batched(result: Awaitable[T]) -> T:
-    """The batcher's answer, or 503 (queue full, with Retry-After) or 504 (timed out)."""
+    """The batcher's answer, or 503 with Retry-After (queue full, or the inference process
+    exited), or 504 (timed out)."""
     try:
         return await result
     except OverloadedError as e:
         raise HTTPException(503, f"overloaded: {e}; retry later", headers=RETRY_AFTER) from None
     except TimedOutError as e:
         raise HTTPException(504, str(e)) from None
+    except InferenceError as e:
+        raise HTTPException(503, f"unavailable: {e}", headers=RETRY_AFTER) from None
 
 
 async def get_model(model: str, registry: RegistryDep) -> ServedModel:
@@ -115,7 +122,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     },
     503: {
         "model": ErrorDetail,
-        "description": "Not ready, or overloaded: the queue is full (with Retry-After)",
+        "description": "Not ready, overloaded (the queue is full), or the inference process "
+        "restarting; with Retry-After",
     },
     504: {"model": ErrorDetail, "description": "The request took longer than the timeout"},
 }
@@ -214,21 +222,19 @@ async def predict(
     )
 
 
-def _uncertainty_items(stats: UncertaintyStats, served: ServedModel) -> list[dict[str, Any]]:
-    winners = stats.votes.gather(1, stats.class_index[:, None]).squeeze(1)
-    low, high = wilson_interval(winners, stats.samples)
+def _uncertainty_items(answer: MCAnswer, served: ServedModel) -> list[dict[str, Any]]:
     threshold = served.abstain_below
     columns = {
-        "class_index": stats.class_index.tolist(),
-        "agreement": stats.agreement.tolist(),
-        "agreement_interval": torch.stack((low, high), 1).tolist(),
-        "abstain": [None if threshold is None else a < threshold for a in stats.agreement.tolist()],
-        "votes": stats.votes.tolist(),
-        "mean_probabilities": stats.mean_probabilities.tolist(),
-        "std_probabilities": stats.std_probabilities.tolist(),
-        "predictive_entropy": stats.predictive_entropy.tolist(),
-        "expected_entropy": stats.expected_entropy.tolist(),
-        "mutual_information": stats.mutual_information.tolist(),
+        "class_index": answer.class_index,
+        "agreement": answer.agreement,
+        "agreement_interval": answer.agreement_interval,
+        "abstain": [None if threshold is None else a < threshold for a in answer.agreement],
+        "votes": answer.votes,
+        "mean_probabilities": answer.mean_probabilities,
+        "std_probabilities": answer.std_probabilities,
+        "predictive_entropy": answer.predictive_entropy,
+        "expected_entropy": answer.expected_entropy,
+        "mutual_information": answer.mutual_information,
     }
     rows = [
         dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)
@@ -259,10 +265,10 @@ async def answer_uncertainty(
     batcher: Batcher,
 ) -> UncertaintyResponse:
     """The MC answer for pixels X [instances, 784] already checked against the limits."""
-    stats = await batched(batcher.uncertainty(served.engine, X, samples, seed))
+    answer = await batched(batcher.uncertainty(served.engine, X, samples, seed))
     metrics.instances.labels(served.name, "mc").observe(len(X))
     metrics.samples.labels(served.name).observe(samples)
-    for agreement in stats.agreement.tolist():
+    for agreement in answer.agreement:
         metrics.agreement.labels(served.name).observe(agreement)
     return UncertaintyResponse.model_validate(
         {
@@ -270,7 +276,7 @@ async def answer_uncertainty(
             "version": served.version,
             "samples": samples,
             "seed": seed,
-            "predictions": _uncertainty_items(stats, served),
+            "predictions": _uncertainty_items(answer, served),
         }
     )
 

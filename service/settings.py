@@ -1,5 +1,5 @@
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,6 +15,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1)
+    # None: torch's default (a thread per core), but the inference process takes one core less.
     torch_threads: int | None = Field(None, ge=1)
     log_level: str = "info"
     # When set, model routes need `Authorization: Bearer KEY` or `X-API-Key: KEY`.
@@ -37,6 +38,9 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
 
+    # "process": the engines run in a child process, so that the server's event loop and the
+    # engines use a core each (service/inference.py); "thread": in a thread of this process.
+    inference: Literal["process", "thread"] = "process"
     # Batching (service/batching.py): concurrent requests share engine calls, up to this many
     # instances, waiting at most this long for more; a full queue answers 503 with Retry-After.
     batch_max_instances: int = Field(256, ge=1)

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from models.engine import MAX_SEED
@@ -121,21 +122,24 @@ def check_limits(batch: int, samples: int | None, settings: Settings) -> None:
 
 async def _results(
     served: ServedModel, X: torch.Tensor, samples: int | None, seed: int | None, batcher: Batcher
-) -> dict[str, torch.Tensor]:
+) -> dict[str, np.ndarray]:
     # batched() says 503 (queue full) or 504 (timeout); V2Route answers them as {"error": ...}.
     if samples is None:
         probs = await batched(batcher.predict(served.engine, X))  # [batch, classes]
-        return {"probabilities": probs.double(), "class_index": probs.max(-1).indices}
-    stats = await batched(batcher.uncertainty(served.engine, X, samples, seed))
+        return {
+            "probabilities": probs.double().numpy(),
+            "class_index": probs.max(-1).indices.numpy(),
+        }
+    answer = await batched(batcher.uncertainty(served.engine, X, samples, seed))
     return {
-        "probabilities": stats.mean_probabilities,
-        "class_index": stats.class_index,
-        "agreement": stats.agreement,
-        "votes": stats.votes,
-        "predictive_entropy": stats.predictive_entropy,
-        "expected_entropy": stats.expected_entropy,
-        "mutual_information": stats.mutual_information,
-        "std_probabilities": stats.std_probabilities,
+        "probabilities": np.array(answer.mean_probabilities, dtype=np.float64),
+        "class_index": np.array(answer.class_index, dtype=np.int64),
+        "agreement": np.array(answer.agreement, dtype=np.float64),
+        "votes": np.array(answer.votes, dtype=np.int64),
+        "predictive_entropy": np.array(answer.predictive_entropy, dtype=np.float64),
+        "expected_entropy": np.array(answer.expected_entropy, dtype=np.float64),
+        "mutual_information": np.array(answer.mutual_information, dtype=np.float64),
+        "std_probabilities": np.array(answer.std_probabilities, dtype=np.float64),
     }
 
 
@@ -144,6 +148,5 @@ async def run(
 ) -> list[OutputTensor]:
     results = await _results(served, X, plan.samples, plan.seed, batcher)
     return [
-        OutputTensor(name, OUTPUTS[name][0], results[name].cpu().numpy(), binary)
-        for name, binary in plan.outputs
+        OutputTensor(name, OUTPUTS[name][0], results[name], binary) for name, binary in plan.outputs
     ]

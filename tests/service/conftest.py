@@ -48,8 +48,12 @@ def make_client(settings: Settings) -> TestClient:
 
 @pytest.fixture
 def settings(model_dir: Path) -> Settings:
+    # A thread, not an inference process: a process would add its start (about 2 s) to every
+    # test. tests/service/test_inference.py, and each test that builds Settings itself, run
+    # the default process.
     return Settings(
         model_path=model_dir,
+        inference="thread",
         max_instances=8,
         default_samples=20,
         max_samples=500,
