@@ -23,13 +23,12 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from peak_rss import tree_mb
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    """The server's RSS with its children's (the inference process)."""
+    return tree_mb(pid, "VmRSS")
 
 
 def free_port() -> int:

@@ -221,7 +221,9 @@ def main() -> None:
         f"{info['arch']} {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
         f"torch {info['torch']}; server settings: max_instances {settings.max_instances}, "
         f"max_samples {settings.max_samples}, max_total_samples {settings.max_total_samples}, "
-        f"max_body_bytes {settings.max_body_bytes}, workers {settings.workers}"
+        f"max_body_bytes {settings.max_body_bytes}, max_body_bytes_in_flight "
+        f"{settings.max_body_bytes_in_flight}, workers {settings.workers}, inference "
+        f"{settings.inference}"
     )
     results = []
     with tempfile.TemporaryDirectory(prefix="peak-rss-") as work:

@@ -26,18 +26,43 @@ from service.web import static_files, web_routes
 log = logging.getLogger(__name__)
 
 
-class BodyLimit:
-    """413 for a body over the limit: Content-Length is checked first, then the bytes received."""
+class BodyBudget:
+    """At most `limit` bytes of request bodies in the server at once. Past it, a request waits
+    before its body is read, and TCP flow control holds the rest of it in the client. A body's
+    parsed numbers take about five times its bytes: 32 bodies of 8 MiB at once grew the server
+    by 600 MB (docs/performance.md). Memory now stays bounded at any concurrency."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._freed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        async with self._freed:
+            await self._freed.wait_for(lambda: self.used + size <= self.limit)
+            self.used += size
+        try:
+            yield
+        finally:
+            async with self._freed:
+                self.used -= size
+                self._freed.notify_all()
+
+
+class BodyLimit:
+    """413 for a body over the limit: Content-Length is checked first, then the bytes received.
+    Each request holds its size (declared, else the limit) of the budget until it is answered."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, budget: BodyBudget) -> None:
+        self.app, self.max_bytes, self.budget = app, max_bytes, budget
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         too_large = HTTPException(413, f"request body exceeds the limit of {self.max_bytes} bytes")
-        declared = dict(scope["headers"]).get(b"content-length", b"")
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
         seen = 0
 
         async def limited() -> Message:
@@ -50,7 +75,15 @@ class BodyLimit:
                 raise too_large
             return message
 
-        await self.app(scope, limited, send)
+        if declared.isdigit():
+            size = min(int(declared), self.max_bytes)
+        else:
+            size = self.max_bytes if b"transfer-encoding" in headers else 0
+        if size == 0:
+            await self.app(scope, limited, send)
+            return
+        async with self.budget.reserve(size):
+            await self.app(scope, limited, send)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -138,7 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web_routes(settings))
     app.mount("/static", static_files(), name="static")
     # The last added runs first: ids and metrics see every answer, 401 and 413 included.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    budget = BodyBudget(settings.max_body_bytes_in_flight)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, budget=budget)
     if settings.api_key is not None:
         app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     app.add_middleware(RequestContext, metrics=metrics)

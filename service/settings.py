@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, gt=0)
 
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    # Bodies held at once, all requests together; past it, requests wait before theirs is read.
+    max_body_bytes_in_flight: int = Field(16 * 1024 * 1024, ge=1024)
     max_instances: int = Field(256, ge=1)
     default_samples: int = Field(100, ge=1)
     max_samples: int = Field(1000, ge=1)
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
                     f"device {self.device!r}: torch sees {found} CUDA device(s) here; "
                     "use device 'cpu' or a CUDA build of torch on a GPU machine"
                 )
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) must be at least "
+                f"max_body_bytes ({self.max_body_bytes})"
+            )
         if self.default_samples > self.max_samples:
             raise ValueError(
                 f"default_samples ({self.default_samples}) must not exceed "

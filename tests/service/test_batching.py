@@ -1,8 +1,10 @@
-"""Request batching, the bounded queue and the request timeout (service/batching.py).
+"""Request batching, the bounded queue, the request timeout (service/batching.py) and the body
+budget (service/app.py).
 
 A gate holds the inference thread on its first batch, so that the requests sent meanwhile queue
 up; what happens next (merged batches, a full queue, timeouts) is then deterministic."""
 
+import json
 import re
 import threading
 import time
@@ -14,6 +16,7 @@ import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 import service.batching
 from service.batching import Job
@@ -202,3 +205,31 @@ def test_batch_metrics_count_requests_and_instances(settings: Settings) -> None:
     assert 'mcdropout_batch_requests_count{mode="eval"} 1.0' in metrics
     assert 'mcdropout_batch_instances_sum{mode="eval"} 3.0' in metrics
     assert 'mcdropout_batch_instances_sum{mode="mc"} 2.0' in metrics
+
+
+def test_bodies_beyond_the_in_flight_budget_wait_unread(settings: Settings, gate: Gate) -> None:
+    size = len(json.dumps(predict_body(0)))
+    assert 15_000 < size < 20_000
+    with (
+        gated_client(
+            settings, max_body_bytes=20_000, max_body_bytes_in_flight=2 * size + 100
+        ) as client,
+        ThreadPoolExecutor(4) as pool,
+    ):
+        wait_ready(client)
+        first = hold_worker(pool, client, gate)  # holds its share of the budget meanwhile
+        second = send(pool, client, "predict", predict_body(1))
+        wait_until(lambda: queue_depth(client) == 1)
+        third = send(pool, client, "predict", predict_body(2))
+        time.sleep(0.3)  # time enough to be read and queued, were there room in the budget
+        assert queue_depth(client) == 1
+        assert not third.done()
+        gate.opened.set()
+        assert [f.result().status_code for f in (first, second, third)] == [200, 200, 200]
+
+
+def test_the_budget_must_hold_one_body() -> None:
+    with pytest.raises(
+        ValidationError, match=r"max_body_bytes_in_flight \(2000\) must be at least"
+    ):
+        Settings(max_body_bytes=4000, max_body_bytes_in_flight=2000)
