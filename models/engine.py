@@ -135,12 +135,13 @@ class Engine:
         generator = torch.Generator(device=self.device).manual_seed(seed)
         first_sampler = self.samplers[first]
         assert first_sampler is not None
-        H = request.X.to(self.device).reshape(request.X.shape[0], -1)
+        H = request.X if request.X.device == self.device else request.X.to(self.device)
+        H = H.reshape(H.shape[0], -1)
         for linear in self.linears[: first + 1]:
             H = F.relu(linear(H))  # [batch, width], computed once for all passes
         # Units that ReLU zeroed for every instance contribute nothing in any pass: drop their
         # columns (and the matching weight columns). For one image that is roughly half of them.
-        active = (H > 0).any(0).nonzero().squeeze(1)
+        active = H.any(0).nonzero().view(-1)  # ReLU's outputs: nonzero is positive
         weights = [w for w, _ in self.tail]
         if active.numel() < H.shape[1]:
             inputs_dim = 1 if len(weights) == 1 else 0  # the last layer is [out, in]

@@ -48,7 +48,8 @@ class MaskSampler:
         words = torch.empty(
             -(-n // lanes_per_word), dtype=torch.int64, device=generator.device
         ).random_(_INT64_MIN, _INT64_MAX, generator=generator)
-        lanes = words.view(torch.int8 if self.bits == 8 else torch.int16)[:n].view(shape)
+        lanes = words.view(torch.int8 if self.bits == 8 else torch.int16)
+        lanes = (lanes if lanes.numel() == n else lanes[:n]).view(shape)
         # Comparing straight into a float tensor is about 3x faster here than making a bool
         # mask, and the float mask multiplies without a type-promoting copy.
         mask = torch.empty(shape, dtype=dtype, device=generator.device)

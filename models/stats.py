@@ -30,20 +30,26 @@ class StatsAccumulator:
     def __init__(self, batch: int, classes: int, device: torch.device | None = None) -> None:
         self.n = 0
         # [3, batch, classes]: sums over passes of p, p^2 and p log p, in one tensor so that each
-        # chunk costs a handful of tensor operations (they dominate for small requests).
-        self.sums = torch.zeros(3, batch, classes, dtype=torch.float64, device=device)
+        # chunk costs a handful of tensor operations (they dominate for small requests). The
+        # first chunk's sums are taken as they are (0 + x is x), one request in one chunk being
+        # the common case.
+        self.sums: torch.Tensor | None = None
         self.votes = torch.zeros(batch, classes, dtype=torch.int64, device=device)
 
     def add(self, probs: torch.Tensor) -> None:
         """probs: [passes, batch, classes], each row a distribution."""
         self.n += probs.shape[0]
         terms = torch.stack((probs, probs * probs, torch.special.xlogy(probs, probs)))
-        self.sums += terms.sum(1, dtype=torch.float64)
+        sums = terms.sum(1, dtype=torch.float64)
+        if self.sums is None:
+            self.sums = sums
+        else:
+            self.sums += sums
         winners = probs.argmax(-1).T  # [batch, passes]
         self.votes.scatter_add_(1, winners, torch.ones_like(winners))
 
     def finish(self) -> UncertaintyStats:
-        if self.n == 0:
+        if self.sums is None:
             raise ValueError("no passes were accumulated")
         mean, mean_sq, mean_plogp = self.sums / self.n
         # E[p^2] - E[p]^2 can come out a rounding error below zero.
