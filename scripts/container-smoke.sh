@@ -69,6 +69,16 @@ check_confinement() {
     "$engine" exec "$1" sh -c ': > /tmp/probe && rm /tmp/probe' || fail "/tmp is not writable"
     say "PID 1 runs as uid $EXPECT_UID, no capabilities, no-new-privileges, read-only root"
     say "PID 1 memory after the requests: $(grep -E '^Vm(RSS|HWM)' <<<"$status" | tr -s '\t ' ' ' | paste -sd,)"
+    # The inference process (service/inference.py) runs beside PID 1, as the same user.
+    local python
+    python=$("$engine" exec "$1" sh -c 'cat /proc/[0-9]*/status' | awk '
+        /^Name:/ { name = $2 } /^Uid:/ { uid = $2 }
+        /^VmHWM:/ && name ~ /^python/ { n++; kb += $2; if (uid != '"$EXPECT_UID"') bad++ }
+        END { printf "%d %d %d", n, kb, bad }')
+    read -r count kb bad <<<"$python"
+    [ "$count" -ge 2 ] || fail "no inference process beside PID 1 ($count python processes)"
+    [ "$bad" = 0 ] || fail "a python process runs as another user than $EXPECT_UID"
+    say "$count python processes, all uid $EXPECT_UID, VmHWM summed: $kb kB"
 }
 
 stop_with_sigterm() {

@@ -73,7 +73,7 @@ def serve(inbox: Connection, outbox: Connection, settings: Settings) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(settings.log_level)
     # The server's event loop keeps a core busy: torch's default of a thread per core made the
-    # two processes fight over two cores (MC throughput 2.4x lower, docs/performance.md).
+    # two processes fight over two cores (MC throughput 2.3x lower, docs/performance.md).
     torch.set_num_threads(settings.torch_threads or max(1, len(os.sched_getaffinity(0)) - 1))
     reader: IO[bytes] = open(inbox.fileno(), "rb", closefd=False)  # noqa: SIM115
     writer: IO[bytes] = open(outbox.fileno(), "wb", closefd=False)  # noqa: SIM115
