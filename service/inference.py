@@ -12,7 +12,8 @@ Wire: a message is its length (8 bytes, little-endian) and a pickle. Only this s
 processes ever read it. To the child: ("engine", key, engine, forgotten keys) and
 ("batch", [(key, X, samples, seed), ...]); from it: ("ready",), ("result", index, value, error)
 and ("done",). Closing the pipe to the child stops it; if the child dies, the jobs in flight fail
-with InferenceError (503) and the next batch starts a new one.
+with InferenceError (503) and the next batch starts a new one. A child that stays busy with a
+batch after all its requests have timed out is killed.
 """
 
 import asyncio
@@ -177,7 +178,20 @@ class InferenceProcess:
         jobs = [p.job for p in batch]
         items = [(self._key(j.engine), j.X.numpy(), j.samples, j.seed) for j in jobs]
         self._writer.write(frame(("batch", items)))
-        await self._done
+        # Each job gives up after request_timeout_seconds (504). A child still on the batch after
+        # every one of its jobs gave up is wedged: it is killed (its exit settles the batch) and
+        # the next batch starts a new one, rather than every later request timing out too.
+        while not self._done.done():
+            try:
+                await asyncio.wait_for(
+                    asyncio.shield(self._done), self.settings.request_timeout_seconds
+                )
+            except TimeoutError:
+                abandoned = all(p.future.done() for p in batch) and not self._done.done()
+                if abandoned and self.process is not None:
+                    log.error("inference process %s: batch abandoned; killing it", self.process.pid)
+                    self.process.kill()
+                    await self._done
 
     async def stop(self) -> None:
         self._alive = False

@@ -143,3 +143,39 @@ def test_results_errors_and_a_crash_mid_batch(model_dir: Path) -> None:
         assert process.process.exitcode == 0
 
     asyncio.run(scenario())
+
+
+class Sleep:
+    """Unpickles as a long sleep: a child wedged in the middle of a batch."""
+
+    def __reduce__(self) -> tuple[Any, tuple[float]]:
+        return time.sleep, (60.0,)
+
+
+class Wedge:
+    def numpy(self) -> Sleep:
+        return Sleep()
+
+
+def test_a_wedged_child_is_killed_once_its_batch_is_abandoned(model_dir: Path) -> None:
+    engine = tiny_engine(model_dir)
+
+    async def scenario() -> None:
+        process = InferenceProcess(Settings(model_path=model_dir, request_timeout_seconds=0.5))
+        await process.start()
+        try:
+            wedged = process.process
+            pending = Pending(Job(engine, cast(torch.Tensor, Wedge()), None, None))
+            asyncio.get_running_loop().call_later(
+                0.2, pending.future.cancel
+            )  # its request's timeout
+            await process.run([pending])
+            assert wedged is not None
+            wedged.join(10)
+            assert wedged.exitcode == -signal.SIGKILL  # killed in its sleep, not after it
+            (probs,) = await run(process, [Job(engine, PIXELS[:1], None, None)])
+            assert torch.equal(probs, engine.predict(PIXELS[:1]))
+        finally:
+            await process.stop()
+
+    asyncio.run(scenario())
