@@ -67,6 +67,7 @@ bench: $(CHECKPOINT) $(VENV)/.bench-installed
 	$(PY) bench/masks.py
 	$(PY) bench/engine_memory.py
 	$(PY) bench/http_bench.py --checkpoint $(CHECKPOINT)
+	$(PY) bench/gil_handoffs.py --checkpoint $(CHECKPOINT)
 	$(PY) bench/peak_rss.py --checkpoint $(CHECKPOINT)
 
 $(VENV)/.bench-installed: $(VENV)/.installed

@@ -8,8 +8,9 @@ Run: .venv/bin/python bench/http_bench.py --checkpoint checkpoints/fashion-mlp.s
         [--env MCDROPOUT_WORKERS=2] [--json results.json]
 Each request carries one image (784 pixels in [0, 1] with 4 decimals, from a fixed seed; wrk
 cycles through 16 of them, hey sends the first); eval is the predict route, uncertainty asks for
-N = --samples passes. Errors count HTTP statuses >= 400, socket errors and timeouts. --env goes
-to `ours` only, to compare its configurations. The client shares the machine with the server.
+N = --samples passes. Errors count HTTP statuses >= 400, socket errors and timeouts. Server CPU
+is the user and system time of the server's processes during the row, per request. --env goes to
+`ours` only, to compare its configurations. The client shares the machine with the server.
 Exits 1 if a server or an endpoint could not be measured (the reason is printed).
 """
 
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from loadgen import Row, pick_tool, run_hey, run_wrk, tool_version
+from loadgen import Row, pick_tool, process_tree, run_hey, run_wrk, tool_version
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("ours", "naive", "litserve")
@@ -214,25 +215,38 @@ def bench_server(
 ) -> tuple[list[Row], list[str]]:
     rows: list[Row] = []
     failures: list[str] = []
-    with running(server, log, config.start_timeout):
+    with running(server, log, config.start_timeout) as pid:
         for endpoint in endpoints:
             try:
-                rows += bench_endpoint(server, endpoint, config)
+                rows += bench_endpoint(server, pid, endpoint, config)
             except (RuntimeError, httpx.HTTPError) as e:
                 failures.append(f"{server.label} {endpoint.name}: {e}")
                 print(f"  not measured: {failures[-1]}", file=sys.stderr)
     return rows, failures
 
 
-def bench_endpoint(server: Server, endpoint: Endpoint, config: Config) -> list[Row]:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of the server's process tree (its workers, its inference
+    process)."""
+    ticks = 0
+    for p in process_tree(pid):
+        with suppress(OSError):  # the process ended
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def bench_endpoint(server: Server, pid: int, endpoint: Endpoint, config: Config) -> list[Row]:
     rows = []
     check_endpoint(server.url, endpoint)
     if config.warmup > 0:
         load(config, server.url, endpoint, min(8, max(config.concurrency)), config.warmup)
         check_endpoint(server.url, endpoint)
     for concurrency in config.concurrency:
+        before = cpu_seconds(pid)
         row = load(config, server.url, endpoint, concurrency, config.duration)
-        rows.append(replace(row, server=server.label, endpoint=endpoint.name))
+        cpu_us = (cpu_seconds(pid) - before) / max(1, row.requests) * 1e6
+        rows.append(replace(row, server=server.label, endpoint=endpoint.name, server_cpu_us=cpu_us))
         print(f"  {markdown_row(rows[-1])}", file=sys.stderr)
         # Requests the load generator abandoned at its deadline may still be running: one more
         # request, answered, means the server has drained them (and still answers correctly).
@@ -245,13 +259,15 @@ def markdown_row(r: Row) -> str:
     errors = f"{r.errors} ({kinds})" if kinds else str(r.errors)
     return (
         f"| {r.server} | {r.endpoint} | {r.concurrency} | {r.req_per_s:.1f} | {r.p50_ms:.2f} | "
-        f"{r.p99_ms:.2f} | {errors} |"
+        f"{r.p99_ms:.2f} | {errors} | {r.server_cpu_us:.0f} |"
     )
 
 
 def table(rows: list[Row]) -> str:
-    head = "| server | endpoint | concurrency | req/s | p50 ms | p99 ms | errors |"
-    return "\n".join([head, "|---|---|---|---|---|---|---|", *map(markdown_row, rows)])
+    head = (
+        "| server | endpoint | concurrency | req/s | p50 ms | p99 ms | errors | server CPU us/req |"
+    )
+    return "\n".join([head, "|---|---|---|---|---|---|---|---|", *map(markdown_row, rows)])
 
 
 def machine() -> dict[str, object]:

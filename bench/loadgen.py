@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ class Row:
     p99_ms: float
     errors: int
     error_kinds: dict[str, int] = field(default_factory=dict)
+    server_cpu_us: float = 0.0  # the server's CPU time per request, all its processes
 
 
 class LoadError(RuntimeError):
@@ -96,3 +98,13 @@ def tool_version(tool: str) -> str:
 def pick_tool(choice: str) -> str | None:
     candidates = ("wrk", "hey") if choice == "auto" else (choice,)
     return next((t for t in candidates if shutil.which(t)), None)
+
+
+def process_tree(pid: int) -> list[int]:
+    pids, i = [pid], 0
+    while i < len(pids):
+        for task in Path(f"/proc/{pids[i]}/task").glob("*/children"):
+            with suppress(OSError):  # the task ended
+                pids += [int(p) for p in task.read_text().split()]
+        i += 1
+    return pids

@@ -18,7 +18,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 from http_bench import MODEL, ROOT, key_value, machine, model_folder, ours, running
+from loadgen import process_tree
 
 from service.settings import Settings
 
@@ -91,16 +92,6 @@ def cases(s: Settings, concurrency: int) -> list[Case]:
         Case(f"MC, {mc_instances} x {s.max_samples}, {c} concurrent", "uncertainty", mc_body, c),
         Case(f"MC, {s.max_instances} x {mc_samples}, {c} concurrent", "uncertainty", wide_body, c),
     ]
-
-
-def process_tree(pid: int) -> list[int]:
-    pids, i = [pid], 0
-    while i < len(pids):
-        for task in Path(f"/proc/{pids[i]}/task").glob("*/children"):
-            with suppress(OSError):  # the task ended
-                pids += [int(p) for p in task.read_text().split()]
-        i += 1
-    return pids
 
 
 def field_kb(path: str, field: str) -> int:

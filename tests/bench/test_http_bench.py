@@ -30,7 +30,10 @@ def test_quick_run_measures_ours_and_naive_without_errors(tmp_path: Path) -> Non
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "| server | endpoint | concurrency | req/s | p50 ms | p99 ms | errors |" in done.stdout
+    head = (
+        "| server | endpoint | concurrency | req/s | p50 ms | p99 ms | errors | server CPU us/req |"
+    )
+    assert head in done.stdout
 
     result = json.loads(out.read_text())
     assert result["failures"] == []
@@ -47,3 +50,4 @@ def test_quick_run_measures_ours_and_naive_without_errors(tmp_path: Path) -> Non
         assert row["req_per_s"] > 0, row
         assert 0 < row["p50_ms"] <= row["p99_ms"], row
         assert row["errors"] == 0, row
+        assert row["server_cpu_us"] > 0, row
