@@ -5,7 +5,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -87,16 +87,24 @@ def test_a_killed_child_is_replaced_and_its_requests_get_503(process_client: Tes
     assert new.is_alive()
 
 
-class Exit:
-    """Unpickles as the child's exit: a crash in the middle of a batch, on purpose."""
+class Unpickled:
+    """Unpickles as f(*args) in the child: a crash or a hang in the middle of a batch."""
 
-    def __reduce__(self) -> tuple[Any, tuple[int]]:
-        return os._exit, (3,)
+    def __init__(self, f: Callable[..., Any], *args: Any) -> None:
+        self.f, self.args = f, args
+
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        return self.f, self.args
 
 
-class Fatal:
-    def numpy(self) -> Exit:
-        return Exit()
+class Pixels:
+    """Stands in for a job's pixels: the server sends what numpy() returns to the child."""
+
+    def __init__(self, sent: Unpickled) -> None:
+        self.sent = sent
+
+    def numpy(self) -> Unpickled:
+        return self.sent
 
 
 def tiny_engine(model_dir: Path) -> Engine:
@@ -128,7 +136,9 @@ def test_results_errors_and_a_crash_mid_batch(model_dir: Path) -> None:
             assert str(error) == "samples must be at least 1, got 0"
 
             first = process.process
-            (crashed,) = await run(process, [Job(engine, cast(torch.Tensor, Fatal()), 5, 1)])
+            (crashed,) = await run(
+                process, [Job(engine, cast(torch.Tensor, Pixels(Unpickled(os._exit, 3))), 5, 1)]
+            )
             assert isinstance(crashed, InferenceError)
             assert first is not None
             first.join(10)
@@ -145,18 +155,6 @@ def test_results_errors_and_a_crash_mid_batch(model_dir: Path) -> None:
     asyncio.run(scenario())
 
 
-class Sleep:
-    """Unpickles as a long sleep: a child wedged in the middle of a batch."""
-
-    def __reduce__(self) -> tuple[Any, tuple[float]]:
-        return time.sleep, (60.0,)
-
-
-class Wedge:
-    def numpy(self) -> Sleep:
-        return Sleep()
-
-
 def test_a_wedged_child_is_killed_once_its_batch_is_abandoned(model_dir: Path) -> None:
     engine = tiny_engine(model_dir)
 
@@ -165,7 +163,9 @@ def test_a_wedged_child_is_killed_once_its_batch_is_abandoned(model_dir: Path) -
         await process.start()
         try:
             wedged = process.process
-            pending = Pending(Job(engine, cast(torch.Tensor, Wedge()), None, None))
+            pending = Pending(
+                Job(engine, cast(torch.Tensor, Pixels(Unpickled(time.sleep, 60.0))), None, None)
+            )
             asyncio.get_running_loop().call_later(
                 0.2, pending.future.cancel
             )  # its request's timeout
