@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 
 class BodyBudget:
     """At most `limit` bytes of request bodies in the server at once. Past it, a request waits
-    before its body is read, and TCP flow control holds the rest of it in the client. A body's
-    parsed numbers take about five times its bytes: 32 bodies of 8 MiB at once grew the server
-    by 600 MB (docs/performance.md). Memory now stays bounded at any concurrency."""
+    before its body is read, and TCP flow control holds the rest of it in the client. A body and
+    its parsed numbers take two to seven times its bytes (more for short numbers): 32 bodies of
+    8 MiB at once grew the server by 600 MB (docs/performance.md). Memory now stays bounded at
+    any concurrency."""
 
     def __init__(self, limit: int) -> None:
         self.limit, self.used = limit, 0
