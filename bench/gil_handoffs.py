@@ -23,10 +23,10 @@ from http_bench import (
     Endpoint,
     Server,
     check_endpoint,
-    cpu_seconds,
     free_port,
     model_folder,
     running,
+    with_server_cpu,
     write_bodies,
 )
 from loadgen import run_wrk
@@ -115,12 +115,12 @@ def row(server: Server, pid: int, endpoint: Endpoint, args: argparse.Namespace) 
     url = server.url + endpoint.path
     check_endpoint(server.url, endpoint)
     run_wrk(url, endpoint.bodies, args.concurrency, 2, 1)  # warm-up
-    before = cpu_seconds(pid)
-    r = run_wrk(url, endpoint.bodies, args.concurrency, args.duration, 1)
-    cpu_us = (cpu_seconds(pid) - before) / max(1, r.requests) * 1e6
+    r = with_server_cpu(
+        pid, lambda: run_wrk(url, endpoint.bodies, args.concurrency, args.duration, 1)
+    )
     return (
         f"| {server.label} | {endpoint.name} | {r.req_per_s:.1f} | {r.p50_ms:.2f} | "
-        f"{r.p99_ms:.2f} | {r.errors} | {cpu_us:.0f} |"
+        f"{r.p99_ms:.2f} | {r.errors} | {r.server_cpu_us:.0f} |"
     )
 
 

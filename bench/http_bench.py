@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -236,6 +237,13 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def with_server_cpu(pid: int, measure: Callable[[], Row]) -> Row:
+    """The row measure() gives, with the server's CPU time per request while it ran."""
+    before = cpu_seconds(pid)
+    row = measure()
+    return replace(row, server_cpu_us=(cpu_seconds(pid) - before) / max(1, row.requests) * 1e6)
+
+
 def bench_endpoint(server: Server, pid: int, endpoint: Endpoint, config: Config) -> list[Row]:
     rows = []
     check_endpoint(server.url, endpoint)
@@ -243,10 +251,9 @@ def bench_endpoint(server: Server, pid: int, endpoint: Endpoint, config: Config)
         load(config, server.url, endpoint, min(8, max(config.concurrency)), config.warmup)
         check_endpoint(server.url, endpoint)
     for concurrency in config.concurrency:
-        before = cpu_seconds(pid)
-        row = load(config, server.url, endpoint, concurrency, config.duration)
-        cpu_us = (cpu_seconds(pid) - before) / max(1, row.requests) * 1e6
-        rows.append(replace(row, server=server.label, endpoint=endpoint.name, server_cpu_us=cpu_us))
+        measure = partial(load, config, server.url, endpoint, concurrency, config.duration)
+        row = with_server_cpu(pid, measure)
+        rows.append(replace(row, server=server.label, endpoint=endpoint.name))
         print(f"  {markdown_row(rows[-1])}", file=sys.stderr)
         # Requests the load generator abandoned at its deadline may still be running: one more
         # request, answered, means the server has drained them (and still answers correctly).
