@@ -63,7 +63,7 @@ format: setup
 # The benchmarks of docs/performance.md, on this machine (minutes; best on an idle one). LitServe
 # (the `bench` extra) and Debian's wrk serve the HTTP comparison.
 bench: $(CHECKPOINT) $(VENV)/.bench-installed
-	$(PY) bench/engine.py --threads 1
+	$(PY) bench/engine.py --threads 1 --requests 32
 	$(PY) bench/masks.py
 	$(PY) bench/engine_memory.py
 	$(PY) bench/http_bench.py --checkpoint $(CHECKPOINT)

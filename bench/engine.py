@@ -4,8 +4,16 @@
 - replicate: Baal's replicate-in-batch, the input repeated N times and one forward in train mode;
 - ours: models.engine.Engine.uncertainty;
 - floor: the request's fp32 FLOPs at the GEMM throughput measured in the same run.
-All three produce the same statistics (models.stats). Times are medians of repeated runs.
-Run: .venv/bin/python bench/engine.py [--threads 1] [--quick]
+All three produce the same statistics (models.stats). Times are medians of repeated runs; each
+request's images start on the CPU, as a server's do, and its statistics end there.
+
+--device cuda runs all three on the GPU. --requests K,... adds a table of K concurrent requests
+of one image and N = 100 in one engine call, as the service hands a batch to the engine (a GPU
+engine fuses them, models/engine.py): ours fused and one by one, against replicate-in-batch over
+all K x N rows at once (one generator for the batch: no per-request seeds) and the naive loop per
+request. On a GPU it also reads the kernels' own time with torch.profiler, the part of the wall
+time that CUDA graphs could not remove.
+Run: .venv/bin/python bench/engine.py [--threads 1] [--quick] [--device cuda] [--requests 1,32,256]
 """
 
 import argparse
@@ -26,16 +34,18 @@ from models.stats import UncertaintyStats, summarize
 
 def naive(model: DropoutMLP, X: torch.Tensor, n: int) -> UncertaintyStats:
     model.train()
+    X = X.to(DEVICE)
     with torch.no_grad():
         probs = torch.stack([F.softmax(model(X), dim=-1) for _ in range(n)])
-    return summarize(probs)
+    return summarize(probs).cpu()
 
 
 def replicate(model: DropoutMLP, X: torch.Tensor, n: int) -> UncertaintyStats:
     model.train()
+    X = X.to(DEVICE)
     with torch.no_grad():
         logits = model(X.repeat(n, 1)).view(n, X.shape[0], -1)
-    return summarize(F.softmax(logits, dim=-1))
+    return summarize(F.softmax(logits, dim=-1)).cpu()
 
 
 def seconds(fn: Callable[[], object], budget: float) -> float:
@@ -45,13 +55,27 @@ def seconds(fn: Callable[[], object], budget: float) -> float:
     while len(times) < 5 or (time.perf_counter() < deadline and len(times) < 1000):
         start = time.perf_counter()
         fn()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def gemm_flops_per_second() -> float:
-    a, b = torch.rand(8192, 256), torch.rand(256, 256)
+    a, b = torch.rand(8192, 256, device=DEVICE), torch.rand(256, 256, device=DEVICE)
     return 2 * 8192 * 256 * 256 / seconds(lambda: a @ b, 1.0)
+
+
+def kernel_seconds(fn: Callable[[], object], repeats: int = 20) -> float:
+    """The GPU kernels' summed time per call of fn, by torch.profiler (CUDA only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    return float(sum(e.self_device_time_total for e in prof.key_averages())) / 1e6 / repeats
 
 
 def request_flops(config: MLPConfig, batch: int, n: int) -> float:
@@ -66,17 +90,26 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--quick", action="store_true", help="B=1, N=100 only")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--requests", default="", help="K,...: concurrent requests in one call")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = MLPConfig()
-    model = build_model(config)
+    model = build_model(config).to(DEVICE)
     engine = Engine(copy.deepcopy(model))
     peak = gemm_flops_per_second()
     cases = [(1, 100)] if args.quick else [(b, n) for b in (1, 32, 256) for n in (10, 100, 1000)]
+    where = (
+        torch.cuda.get_device_name(DEVICE)
+        if DEVICE.type == "cuda"
+        else platform.processor() or platform.machine()
+    )
     print(
-        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} thread(s), GEMM {peak / 1e9:.0f} GFLOP/s"
+        f"{where}, torch {torch.__version__}, {args.threads} CPU thread(s), "
+        f"fp32 GEMM {peak / 1e9:.0f} GFLOP/s"
     )
     print(
         "| B | N | naive ms | replicate ms | ours ms | floor ms | naive/ours | "
@@ -85,6 +118,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for batch, n in cases:
         print(row(model, engine, config, peak, batch, n))
+    if args.requests:
+        concurrent(model, [int(k) for k in args.requests.split(",")])
 
 
 def row(
@@ -101,6 +136,38 @@ def row(
         f"{floor * 1e3:.4f} | {t_naive / t_ours:.1f} | {t_rep / t_ours:.1f} | "
         f"{t_ours / floor:.1f} |"
     )
+
+
+def concurrent(model: DropoutMLP, counts: list[int], n: int = 100) -> None:
+    fused, alone = (Engine(copy.deepcopy(model), fuse=f) for f in (True, False))
+    gpu = DEVICE.type == "cuda"
+    print(f"\nK concurrent requests of one image, N = {n}, in one call: microseconds per request")
+    print(
+        "| K | naive | replicate, one generator | ours, one by one | ours, fused | "
+        "naive/fused | requests/s, fused |" + (" fused: kernels' time |" if gpu else "")
+    )
+    print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
+    for k in counts:
+        print(concurrent_row(model, fused, alone, k, n))
+
+
+def concurrent_row(model: DropoutMLP, fused: Engine, alone: Engine, k: int, n: int) -> str:
+    X = torch.rand(k, 784)
+    requests = [MCRequest(X[i : i + 1], n, i) for i in range(k)]
+    t_naive = seconds(lambda: [naive(model, X[i : i + 1], n) for i in range(k)], 2.0)
+    t_rep = seconds(lambda: replicate(model, X, n), 2.0)
+    t_alone = seconds(lambda: alone.uncertainty(requests), 2.0)
+    t_fused = seconds(lambda: fused.uncertainty(requests), 2.0)
+    line = (
+        f"| {k} | {t_naive / k * 1e6:.1f} | {t_rep / k * 1e6:.1f} | {t_alone / k * 1e6:.1f} | "
+        f"{t_fused / k * 1e6:.1f} | {t_naive / t_fused:.1f} | {k / t_fused:,.0f} |"
+    )
+    if DEVICE.type == "cuda":
+        line += f" {kernel_seconds(lambda: fused.uncertainty(requests)) / k * 1e6:.1f} |"
+    return line
+
+
+DEVICE = torch.device("cpu")
 
 
 if __name__ == "__main__":

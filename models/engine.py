@@ -4,6 +4,11 @@ Rules of the design: the dropout mode is an argument of the forward pass, never 
 layers before the first dropout run once per input; each request draws its masks from its own
 generator, so a seed reproduces the answer whatever else shares the batch.
 
+Requests run one by one on the CPU; on a GPU, where each tensor operation costs a launch of a
+few microseconds whatever its size, the requests of a call run together (`fuse`): one pass
+over all their rows per layer, each request's masks still drawn from its own generator, in the
+order it would draw them alone, and their statistics reduced in one go (models.stats.grouped_stats).
+
 Memory: passes run in chunks of at most max(max_chunk_rows, batch) rows (a row is one instance in
 one pass). A chunk holds a few float32 tensors per layer width, about
 rows x 4 B x 3 x (sum of hidden sizes + classes), 51 MB for 784-256-256-10 at the default 8192 rows
@@ -12,6 +17,7 @@ statistics are accumulated per chunk in O(batch x classes), independent of N.
 """
 
 import copy
+import itertools
 import math
 import secrets
 from collections.abc import Iterator, Sequence
@@ -23,7 +29,7 @@ from torch.nn import functional as F
 from models.checkpoint import Checkpoint
 from models.masks import MaskSampler
 from models.mlp import DropoutMLP, forward_layers
-from models.stats import StatsAccumulator, UncertaintyStats
+from models.stats import StatsAccumulator, UncertaintyStats, grouped_stats
 
 MAX_SEED = 2**63 - 1
 
@@ -46,6 +52,7 @@ class Engine:
         max_chunk_rows: int = 8192,
         temperature_eval: float = 1.0,
         temperature_mc: float = 1.0,
+        fuse: bool | None = None,
     ) -> None:
         if max_chunk_rows < 1:
             raise ValueError("max_chunk_rows must be at least 1")
@@ -61,6 +68,11 @@ class Engine:
         self.linears = model.layers()
         self.ps = model.config.dropout
         self.device = self.linears[0].weight.device
+        # Requests of one call together, in groups of up to max_chunk_rows rows: by default on
+        # every device but the CPU (see the module's docstring). Fused, the statistics come back
+        # on the CPU; to() keeps an explicit choice and derives the default anew.
+        self._fuse = fuse
+        self.fuse = fuse if fuse is not None else self.device.type != "cpu"
         # The prefix runs up to and including the hidden layer that the first dropout follows.
         self.first_dropout = next((i for i, p in enumerate(self.ps) if p > 0), None)
         self.samplers = [MaskSampler(p) if p > 0 else None for p in self.ps]
@@ -92,6 +104,7 @@ class Engine:
             max_chunk_rows=self.max_chunk_rows,
             temperature_eval=self.temperature_eval,
             temperature_mc=self.temperature_mc,
+            fuse=self._fuse,
         )
 
     @property
@@ -105,25 +118,41 @@ class Engine:
             return F.softmax(logits / self.temperature_eval, dim=-1)
 
     def uncertainty(self, requests: Sequence[MCRequest]) -> list[UncertaintyStats]:
-        return [self._mc(r) for r in requests]
+        seeds = [self._seed(r) for r in requests]  # every request checked before any work
+        if not self.fuse:
+            return [self._mc(r, seed) for r, seed in zip(requests, seeds, strict=True)]
+        answers: dict[int, UncertaintyStats] = {}
+        group: list[int] = []
+
+        def run_group() -> None:
+            together = self._fused([requests[i] for i in group], [seeds[i] for i in group])
+            answers.update(zip(group, together, strict=True))
+            group.clear()
+
+        rows = 0
+        for i, r in enumerate(requests):
+            n = r.X.shape[0] * r.samples
+            if n > self.max_chunk_rows:  # alone, in chunks
+                answers[i] = self._mc(r, seeds[i]).cpu()
+                continue
+            if rows + n > self.max_chunk_rows:
+                run_group()
+                rows = 0
+            group.append(i)
+            rows += n
+        if group:
+            run_group()
+        return [answers[i] for i in range(len(requests))]
 
     @torch.inference_mode()
     def sample_logits(self, request: MCRequest) -> torch.Tensor:
         """Every pass's logits [samples, batch, classes] (divided by temperature_mc), for
         calibration and research; the same passes as uncertainty() draws for this request."""
-        return torch.cat(list(self._logit_chunks(request)))
+        return torch.cat(list(self._logit_chunks(request, self._seed(request))))
 
-    @torch.inference_mode()
-    def _mc(self, request: MCRequest) -> UncertaintyStats:
-        acc = StatsAccumulator(request.X.shape[0], self.linears[-1].out_features, self.device)
-        for logits in self._logit_chunks(request):
-            acc.add(F.softmax(logits, dim=-1))  # [passes, batch, classes]
-        return acc.finish()
-
-    def _logit_chunks(self, request: MCRequest) -> Iterator[torch.Tensor]:
-        """The passes in chunks of [passes, batch, classes]; callers run it in inference mode."""
-        first = self.first_dropout
-        if first is None:
+    def _seed(self, request: MCRequest) -> int:
+        """The request's seed (a fresh one if it has none), once the request is checked."""
+        if self.first_dropout is None:
             raise ValueError("the model has no dropout layer with p > 0: MC dropout is undefined")
         if request.X.shape[0] == 0:
             raise ValueError("a request needs at least one instance")
@@ -132,13 +161,55 @@ class Engine:
         seed = secrets.randbits(63) if request.seed is None else request.seed
         if not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, {MAX_SEED}], got {seed}")
+        return seed
+
+    def _prefix(self, X: torch.Tensor) -> torch.Tensor:
+        """[batch, width]: the layers up to the first dropout, run once for all passes."""
+        H = X if X.device == self.device else X.to(self.device)
+        H = H.reshape(H.shape[0], -1)
+        for linear in self.linears[: (self.first_dropout or 0) + 1]:
+            H = F.relu(linear(H))
+        return H
+
+    @torch.inference_mode()
+    def _mc(self, request: MCRequest, seed: int) -> UncertaintyStats:
+        acc = StatsAccumulator(request.X.shape[0], self.linears[-1].out_features, self.device)
+        for logits in self._logit_chunks(request, seed):
+            acc.add(F.softmax(logits, dim=-1))  # [passes, batch, classes]
+        return acc.finish()
+
+    @torch.inference_mode()
+    def _fused(self, requests: Sequence[MCRequest], seeds: Sequence[int]) -> list[UncertaintyStats]:
+        """The requests together: [rows, width] tensors, each request's rows pass after pass as
+        in _logit_chunks, and each one's masks from its own generator (MaskSampler.sample_rows)."""
+        sizes = [(r.X.shape[0], r.samples) for r in requests]
+        H = self._prefix(
+            torch.cat([r.X.reshape(r.X.shape[0], -1).to(self.device) for r in requests])
+        )
+        offsets = itertools.accumulate((b for b, _ in sizes), initial=0)
+        instance = torch.cat(
+            [torch.arange(o, o + b).repeat(n) for (b, n), o in zip(sizes, offsets, strict=False)]
+        ).to(self.device)
+        generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
+        rows = [b * n for b, n in sizes]
+        A = H.index_select(0, instance)
+        for i, sampler in enumerate(self.samplers[self.first_dropout :]):
+            if i > 0:
+                weight, bias = self.tail[i - 1]
+                A = torch.addmm(bias, A, weight).relu_()
+            if sampler is not None:
+                A.mul_(sampler.sample_rows(rows, A.shape[1], generators))
+        logits = F.linear(A, *self.tail[-1])
+        return grouped_stats(F.softmax(logits, dim=-1), instance, sizes)
+
+    def _logit_chunks(self, request: MCRequest, seed: int) -> Iterator[torch.Tensor]:
+        """The passes in chunks of [passes, batch, classes]; callers run it in inference mode."""
+        first = self.first_dropout
+        assert first is not None  # _seed checked it
         generator = torch.Generator(device=self.device).manual_seed(seed)
         first_sampler = self.samplers[first]
         assert first_sampler is not None
-        H = request.X if request.X.device == self.device else request.X.to(self.device)
-        H = H.reshape(H.shape[0], -1)
-        for linear in self.linears[: first + 1]:
-            H = F.relu(linear(H))  # [batch, width], computed once for all passes
+        H = self._prefix(request.X)
         # Units that ReLU zeroed for every instance contribute nothing in any pass: drop their
         # columns (and the matching weight columns). For one image that is roughly half of them.
         active = H.any(0).nonzero().view(-1)  # ReLU's outputs: nonzero is positive

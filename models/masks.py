@@ -5,6 +5,7 @@ their 8- or 16-bit lanes against a threshold costs 0.8 to 1.4 ns (bench/masks.py
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -44,13 +45,41 @@ class MaskSampler:
     ) -> torch.Tensor:
         """A 0/1 mask of `shape` and `dtype` on the generator's device."""
         n = math.prod(shape)
-        lanes_per_word = 64 // self.bits
-        words = torch.empty(
-            -(-n // lanes_per_word), dtype=torch.int64, device=generator.device
-        ).random_(_INT64_MIN, _INT64_MAX, generator=generator)
-        lanes = words.view(torch.int8 if self.bits == 8 else torch.int16)
-        lanes = (lanes if lanes.numel() == n else lanes[:n]).view(shape)
+        words = torch.empty(self._words(n), dtype=torch.int64, device=generator.device)
+        words.random_(_INT64_MIN, _INT64_MAX, generator=generator)
+        lanes = self._lanes(words)
+        return self._compare((lanes if lanes.numel() == n else lanes[:n]).view(shape), dtype)
+
+    def sample_rows(
+        self,
+        rows: Sequence[int],
+        width: int,
+        generators: Sequence[torch.Generator],
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """Masks [sum(rows), width]: rows[i] rows from generators[i], each block the mask that
+        sample((rows[i], width), generators[i]) draws. One random launch per generator and one
+        comparison for all, where sample() per block would cost three launches each."""
+        device = generators[0].device
+        counts = [self._words(r * width) for r in rows]
+        words = torch.empty(sum(counts), dtype=torch.int64, device=device)
+        for block, generator in zip(torch.split(words, counts), generators, strict=True):
+            block.random_(_INT64_MIN, _INT64_MAX, generator=generator)
+        lanes = self._lanes(words)
+        if any(r * width != c * (64 // self.bits) for r, c in zip(rows, counts, strict=True)):
+            # A block ends inside a word: leave out its unused lanes.
+            blocks = torch.split(lanes, [c * (64 // self.bits) for c in counts])
+            lanes = torch.cat([b[: r * width] for b, r in zip(blocks, rows, strict=True)])
+        return self._compare(lanes.view(sum(rows), width), dtype)
+
+    def _words(self, lanes: int) -> int:
+        return -(-lanes // (64 // self.bits))
+
+    def _lanes(self, words: torch.Tensor) -> torch.Tensor:
+        return words.view(torch.int8 if self.bits == 8 else torch.int16)
+
+    def _compare(self, lanes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         # Comparing straight into a float tensor is about 3x faster here than making a bool
         # mask, and the float mask multiplies without a type-promoting copy.
-        mask = torch.empty(shape, dtype=dtype, device=generator.device)
+        mask = torch.empty(lanes.shape, dtype=dtype, device=lanes.device)
         return torch.lt(lanes, self._threshold, out=mask)

@@ -1,6 +1,7 @@
 """Uncertainty statistics of N stochastic passes, accumulated chunk by chunk."""
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -22,6 +23,12 @@ class UncertaintyStats:
     expected_entropy: torch.Tensor  # [batch], mean over passes of H[p_t] (aleatoric)
     mutual_information: torch.Tensor  # [batch], predictive - expected (epistemic, BALD)
     samples: int
+
+    def cpu(self) -> "UncertaintyStats":
+        return replace(self, **{name: getattr(self, name).cpu() for name in STATISTICS})
+
+
+STATISTICS = [f.name for f in fields(UncertaintyStats) if f.name != "samples"]
 
 
 class StatsAccumulator:
@@ -51,25 +58,69 @@ class StatsAccumulator:
     def finish(self) -> UncertaintyStats:
         if self.sums is None:
             raise ValueError("no passes were accumulated")
-        mean, mean_sq, mean_plogp = self.sums / self.n
-        # E[p^2] - E[p]^2 can come out a rounding error below zero.
-        std = (mean_sq - mean * mean).clamp_min(0.0).sqrt()
-        class_index = mean.argmax(-1)
-        agreement = self.votes.gather(1, class_index[:, None]).squeeze(1).double() / self.n
-        predictive = entropy(mean)
-        expected = -mean_plogp.sum(-1)
-        return UncertaintyStats(
-            class_index=class_index,
-            agreement=agreement,
-            votes=self.votes,
-            mean_probabilities=mean,
-            std_probabilities=std,
-            predictive_entropy=predictive,
-            expected_entropy=expected,
-            # Jensen makes this >= 0; clamp only rounding (~1e-16 in float64).
-            mutual_information=(predictive - expected).clamp_min(0.0),
-            samples=self.n,
-        )
+        return _statistics(self.sums, self.votes, self.n, self.n)
+
+
+def _statistics(
+    sums: torch.Tensor, votes: torch.Tensor, n: int | torch.Tensor, samples: int
+) -> UncertaintyStats:
+    """From sums [3, batch, classes] of p, p^2 and p log p over n passes (n: [batch, 1] where
+    instances differ)."""
+    mean, mean_sq, mean_plogp = sums / n
+    # E[p^2] - E[p]^2 can come out a rounding error below zero.
+    std = (mean_sq - mean * mean).clamp_min(0.0).sqrt()
+    class_index = mean.argmax(-1)
+    agreement = (votes.gather(1, class_index[:, None]).double() / n).squeeze(1)
+    predictive = entropy(mean)
+    expected = -mean_plogp.sum(-1)
+    return UncertaintyStats(
+        class_index=class_index,
+        agreement=agreement,
+        votes=votes,
+        mean_probabilities=mean,
+        std_probabilities=std,
+        predictive_entropy=predictive,
+        expected_entropy=expected,
+        # Jensen makes this >= 0; clamp only rounding (~1e-16 in float64).
+        mutual_information=(predictive - expected).clamp_min(0.0),
+        samples=samples,
+    )
+
+
+def grouped_stats(
+    probs: torch.Tensor, instance: torch.Tensor, requests: Sequence[tuple[int, int]]
+) -> list[UncertaintyStats]:
+    """Each request's statistics, on the CPU, from the passes of several requests at once.
+
+    probs [rows, classes]: every pass of every instance; instance [rows]: the row's instance,
+    numbered across the requests in order; requests: each one's (instances, samples). A few
+    tensor operations for all the requests together, and two copies to the CPU (one per dtype):
+    on a GPU every copy waits for the device, and per-request statistics would cost a few dozen
+    launches each.
+    """
+    batch, classes = sum(b for b, _ in requests), probs.shape[1]
+    terms = torch.stack((probs, probs * probs, torch.special.xlogy(probs, probs)))
+    sums = terms.new_zeros((3, batch, classes), dtype=torch.float64)
+    sums.index_add_(1, instance, terms.double())
+    winners = instance * classes + probs.argmax(-1)
+    votes = torch.zeros(batch * classes, dtype=torch.int64, device=probs.device)
+    votes = votes.index_add_(0, winners, torch.ones_like(winners)).view(batch, classes)
+    # Every pass votes once: an instance's votes add up to its passes.
+    every = _statistics(sums, votes, votes.sum(1, keepdim=True).double(), 0)
+    on_cpu: dict[str, torch.Tensor] = {}
+    for dtype in (torch.float64, torch.int64):
+        names = [n for n in STATISTICS if getattr(every, n).dtype == dtype]
+        columns = [getattr(every, n).view(batch, -1) for n in names]
+        block = torch.cat(columns, 1).cpu()
+        widths = [c.shape[1] for c in columns]
+        for name, part in zip(names, torch.split(block, widths, 1), strict=True):
+            on_cpu[name] = part if getattr(every, name).dim() == 2 else part.squeeze(1)
+    sizes = [b for b, _ in requests]
+    parts = {name: torch.split(value, sizes) for name, value in on_cpu.items()}
+    return [
+        UncertaintyStats(**{name: p[i] for name, p in parts.items()}, samples=s)
+        for i, (_, s) in enumerate(requests)
+    ]
 
 
 def summarize(probs: torch.Tensor) -> UncertaintyStats:

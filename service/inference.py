@@ -66,6 +66,14 @@ def wire_error(error: BaseException | None) -> BaseException | None:
     return error
 
 
+def default_torch_threads() -> int:
+    """The inference process's torch threads: the cores it may use less the event loop's one, at
+    most 4. torch's default of a thread per core made the two processes fight over two cores (MC
+    throughput 2.3x lower); on 16 cores, 15 threads spun for 16 ms of CPU per MC request and
+    served fewer requests than 4 did (892 against 1,139 req/s; docs/performance.md)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) - 1))
+
+
 def serve(inbox: Connection, outbox: Connection, settings: Settings) -> None:
     """The child process: registers engines, runs batches, until the server closes the pipe."""
     # Ctrl-C in a terminal signals the whole process group, and SIGHUP is the server's reload:
@@ -73,9 +81,7 @@ def serve(inbox: Connection, outbox: Connection, settings: Settings) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     configure_logging(settings.log_level)
-    # The server's event loop keeps a core busy: torch's default of a thread per core made the
-    # two processes fight over two cores (MC throughput 2.3x lower, docs/performance.md).
-    torch.set_num_threads(settings.torch_threads or max(1, len(os.sched_getaffinity(0)) - 1))
+    torch.set_num_threads(settings.torch_threads or default_torch_threads())
     reader: IO[bytes] = open(inbox.fileno(), "rb", closefd=False)  # noqa: SIM115
     writer: IO[bytes] = open(outbox.fileno(), "wb", closefd=False)  # noqa: SIM115
 

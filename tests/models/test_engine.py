@@ -25,6 +25,22 @@ def make_model(config: MLPConfig = SMALL, variant: Variant = "scratch") -> Dropo
     return model
 
 
+# How the engine runs: per request on the CPU, requests fused (the GPU's way) on the CPU, and
+# on a GPU where there is one (never in CI).
+KINDS = [
+    "cpu",
+    "cpu-fused",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
+FUSED = KINDS[1:]
+
+
+def make_engine(model: DropoutMLP, kind: str, max_chunk_rows: int = 8192) -> Engine:
+    if kind == "cuda":
+        return Engine(model.to("cuda"), max_chunk_rows=max_chunk_rows)  # fuses by default
+    return Engine(model, max_chunk_rows=max_chunk_rows, fuse=kind == "cpu-fused")
+
+
 def images(batch: int, seed: int = 1) -> torch.Tensor:
     return torch.rand(batch, 784, generator=torch.Generator().manual_seed(seed))
 
@@ -53,10 +69,11 @@ def test_predict_is_softmax_of_eval_forward(variant: Variant) -> None:
         assert torch.equal(probs, torch.softmax(model(X), dim=-1))
 
 
-def test_mc_requests_never_touch_module_state(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = make_model()
-    engine = Engine(model)
-    X = images(4)
+@pytest.mark.parametrize("kind", KINDS)
+def test_mc_requests_never_touch_module_state(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    engine = make_engine(make_model(), kind)
+    model = engine.model
+    X = images(4).to(engine.device)
     with torch.no_grad():
         before, predicted = model(X), engine.predict(X)
     modes = [m.training for m in model.modules()]
@@ -88,6 +105,49 @@ def test_seed_reproduces_stats_whatever_shares_the_list() -> None:
         assert_stats_equal(engine.uncertainty(batch)[position], alone)
     (other_seed,) = engine.uncertainty([MCRequest(images(3), 40, 124)])
     assert not torch.equal(other_seed.mean_probabilities, alone.mean_probabilities)
+
+
+@pytest.mark.parametrize("kind", FUSED)
+def test_fused_requests_keep_their_own_masks_whatever_shares_the_call(kind: str) -> None:
+    engine = make_engine(make_model(), kind)
+    assert engine.fuse
+    request = MCRequest(images(3), 40, 123)
+    (alone,) = engine.uncertainty([request])
+    assert_valid(alone, 3, 40)
+    assert alone.mean_probabilities.device.type == "cpu"  # statistics come back on the CPU
+    others = [MCRequest(images(5, 2), 17, 9), MCRequest(images(1, 3), 90, None)]
+    for position in range(3):
+        batch = [*others[:position], request, *others[position:]]
+        together = engine.uncertainty(batch)
+        for s, r in zip(together, batch, strict=True):
+            assert_valid(s, r.X.shape[0], r.samples)
+        # The same masks: the same votes; float sums differ by rounding with the GEMMs' shapes.
+        assert torch.equal(together[position].votes, alone.votes)
+        for f in fields(UncertaintyStats):
+            value = getattr(alone, f.name)
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                got = getattr(together[position], f.name)
+                torch.testing.assert_close(got, value, rtol=0, atol=1e-5, msg=f.name)
+
+
+def test_fused_groups_stay_within_max_chunk_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = make_engine(make_model(), "cpu-fused", max_chunk_rows=100)
+    rows: list[int] = []
+    real_addmm = torch.addmm
+
+    def spy_addmm(b: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        rows.append(x.shape[0])
+        return real_addmm(b, x, w)
+
+    monkeypatch.setattr(torch, "addmm", spy_addmm)
+    # 40 + 40 rows share a group, 30 more would pass 100: a second group; 2 x 150 rows are
+    # over the limit alone and run in chunks of 100 // 2 passes.
+    sizes = [(1, 40), (2, 20), (3, 10), (2, 150), (1, 5)]
+    requests = [MCRequest(images(b, i), n, i) for i, (b, n) in enumerate(sizes)]
+    answers = engine.uncertainty(requests)
+    for s, (b, n) in zip(answers, sizes, strict=True):
+        assert_valid(s, b, n)
+    assert rows == [80, 100, 100, 100, 35]
 
 
 def test_seed_none_draws_a_fresh_seed() -> None:
@@ -122,14 +182,15 @@ def test_chunk_size_changes_nothing_but_the_random_stream() -> None:
         (MLPConfig(hidden=(32, 16), dropout=(0.0, 0.5)), "scratch"),
     ],
 )
-def test_matches_naive_train_mode_loop(config: MLPConfig, variant: Variant) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_matches_naive_train_mode_loop(config: MLPConfig, variant: Variant, kind: str) -> None:
     n, X = 4000, images(3)
     model = make_model(config, variant)
     reference = copy.deepcopy(model).train()
     torch.manual_seed(11)
     with torch.no_grad():
         naive = torch.stack([torch.softmax(reference(X), -1) for _ in range(n)]).double()
-    engine = Engine(model, max_chunk_rows=1000)
+    engine = make_engine(copy.deepcopy(model), kind, max_chunk_rows=1000)
     (s,) = engine.uncertainty([MCRequest(X, n, 3)])
     assert_valid(s, 3, n)
     # Independent means of n passes each; 30 entries at 5 SE each fail by chance with p ~ 2e-5.
@@ -142,7 +203,7 @@ def test_matches_naive_train_mode_loop(config: MLPConfig, variant: Variant) -> N
     se_sd = (2 * (m4 - sd**4) / (4 * sd**2 * n)).sqrt()
     assert ((s.std_probabilities - sd).abs() <= 5 * se_sd + 1e-9).all()
     # The tolerance has power: the MC mean is many standard errors away from the eval prediction.
-    eval_gap = (s.mean_probabilities - engine.predict(X).double()).abs() / (se + 1e-12)
+    eval_gap = (s.mean_probabilities - engine.predict(X).cpu().double()).abs() / (se + 1e-12)
     assert eval_gap.max() > 10
 
 
@@ -199,9 +260,12 @@ def test_model_without_dropout_refuses_mc() -> None:
         (10, MAX_SEED + 1, "seed must be in"),
     ],
 )
-def test_bad_request_raises(samples: int, seed: int, message: str) -> None:
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_request_raises(samples: int, seed: int, message: str, kind: str) -> None:
+    engine = make_engine(make_model(), kind)
+    good = MCRequest(images(1), 5, 0)
     with pytest.raises(ValueError, match=message):
-        Engine(make_model()).uncertainty([MCRequest(images(1), samples, seed)])
+        engine.uncertainty([good, MCRequest(images(1), samples, seed)])
 
 
 def test_largest_seed_is_accepted() -> None:

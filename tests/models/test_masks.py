@@ -54,3 +54,27 @@ def test_seeded_masks_repeat_and_odd_sizes_work() -> None:
 def test_p_outside_the_open_interval_is_refused(p: float) -> None:
     with pytest.raises(ValueError, match="0 < p < 1"):
         MaskSampler(p)
+
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("p", "width"), [(0.5, 16), (0.5, 3), (0.3, 16), (0.3, 5)])
+def test_rows_for_several_generators_are_each_ones_own_mask(
+    device: str, p: float, width: int
+) -> None:
+    sampler = MaskSampler(p)
+    rows = [3, 1, 7]
+
+    def generators() -> list[torch.Generator]:
+        return [torch.Generator(device).manual_seed(seed) for seed in (5, 6, 7)]
+
+    together = sampler.sample_rows(rows, width, generators())
+    alone = [sampler.sample((r, width), g) for r, g in zip(rows, generators(), strict=True)]
+    assert together.shape == (11, width)
+    assert together.device.type == device
+    assert torch.equal(together, torch.cat(alone))

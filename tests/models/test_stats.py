@@ -4,7 +4,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from models.stats import StatsAccumulator, UncertaintyStats, entropy, summarize
+from models.stats import StatsAccumulator, UncertaintyStats, entropy, grouped_stats, summarize
 
 LN2 = math.log(2)
 
@@ -108,3 +108,25 @@ def test_chunked_accumulation_equals_summarize(chunks: list[int]) -> None:
 def test_finish_without_passes_raises() -> None:
     with pytest.raises(ValueError, match="no passes"):
         StatsAccumulator(2, 10).finish()
+
+
+def test_grouped_stats_equal_each_requests_own() -> None:
+    # Three requests of (instances, samples), their passes laid out as the fused engine lays
+    # them: request after request, each pass after pass, [rows, classes].
+    requests = [(2, 5), (1, 7), (3, 4)]
+    probs = [_random_probs(n, b, 6, seed) for seed, (b, n) in enumerate(requests)]
+    rows = torch.cat([p.reshape(-1, 6) for p in probs])
+    offsets = [0, 2, 3]
+    instance = torch.cat(
+        [torch.arange(o, o + b).repeat(n) for (b, n), o in zip(requests, offsets, strict=True)]
+    )
+    grouped = grouped_stats(rows, instance, requests)
+    assert len(grouped) == 3
+    for got, p in zip(grouped, probs, strict=True):
+        want = summarize(p)
+        assert got.samples == want.samples
+        for f in fields(UncertaintyStats):
+            a, b = getattr(got, f.name), getattr(want, f.name)
+            if isinstance(a, torch.Tensor):
+                assert a.device.type == "cpu"
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f.name)

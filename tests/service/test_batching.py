@@ -8,7 +8,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +19,9 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 import service.batching
+from models.engine import Engine, MCRequest
+from models.mlp import MLPConfig, build_model
+from models.stats import UncertaintyStats
 from service.batching import Job
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready
@@ -233,3 +236,41 @@ def test_the_budget_must_hold_one_body() -> None:
         ValidationError, match=r"max_body_bytes_in_flight \(2000\) must be at least"
     ):
         Settings(max_body_bytes=4000, max_body_bytes_in_flight=2000)
+
+
+def test_a_fusing_engine_gets_its_mc_jobs_in_one_call_and_a_bad_job_fails_alone() -> None:
+    torch.manual_seed(0)
+    engine = Engine(build_model(MLPConfig(hidden=(32, 16), dropout=(0.5, 0.3))), fuse=True)
+    calls: list[int] = []
+    real = engine.uncertainty
+
+    def spy(requests: Sequence[MCRequest]) -> list[UncertaintyStats]:
+        calls.append(len(requests))
+        return real(requests)
+
+    engine.uncertainty = spy  # type: ignore[method-assign]
+    X = torch.rand(2, 784)
+    jobs = [
+        Job(engine, X, 10, 1),
+        Job(engine, X, 0, 2),
+        Job(engine, X, 20, 3),
+        Job(engine, X, None, None),
+    ]
+    answers: dict[int, tuple[Any, BaseException | None]] = {}
+    service.batching.execute(
+        jobs, lambda job, result, error: answers.update({id(job): (result, error)})
+    )
+    # The three MC jobs in one call. It fails, and is split to find the job at fault: the
+    # first job alone, then the other two together (the bad one fails), then each alone.
+    assert calls == [3, 1, 2, 1, 1]
+    good, bad, other, eval_job = (answers[id(job)] for job in jobs)
+    assert isinstance(bad[1], ValueError)
+    assert "samples must be at least 1, got 0" in str(bad[1])
+    for (answer, error), n in ((good, 10), (other, 20)):
+        assert error is None
+        assert answer.samples == n
+        assert [sum(v) for v in answer.votes] == [n, n]
+    probs, error = eval_job
+    assert error is None
+    assert probs.shape == (2, 10)
+    assert probs.device.type == "cpu"

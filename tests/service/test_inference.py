@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from models.checkpoint import load_checkpoint
 from models.engine import Engine, MCRequest, engine_for
 from service.batching import InferenceError, Job, MCAnswer, Pending
-from service.inference import InferenceProcess
+from service.inference import InferenceProcess, default_torch_threads
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready
 
@@ -179,3 +179,11 @@ def test_a_wedged_child_is_killed_once_its_batch_is_abandoned(model_dir: Path) -
             await process.stop()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("cores", "threads"), [(1, 1), (2, 1), (3, 2), (5, 4), (16, 4), (64, 4)])
+def test_the_child_takes_the_cores_less_one_at_most_four_threads(
+    monkeypatch: pytest.MonkeyPatch, cores: int, threads: int
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert default_torch_threads() == threads
