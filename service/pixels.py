@@ -16,7 +16,7 @@ class InstanceError(ValueError):
         self.index = index
 
 
-def _instance(value: Any, index: int) -> np.ndarray:
+def _instance(value: Any, index: int, booleans: bool) -> np.ndarray:
     if not isinstance(value, list):
         raise InstanceError(index, f"expected a list of {SHAPE_HINT}")
     try:
@@ -27,9 +27,10 @@ def _instance(value: Any, index: int) -> np.ndarray:
         raise InstanceError(index, "values must be numbers (found text, null, true/false or lists)")
     if a.shape not in ((FEATURES,), (SIDE, SIDE)):
         raise InstanceError(index, f"expected {SHAPE_HINT}, got shape {list(a.shape)}")
-    flat = value if a.ndim == 1 else itertools.chain.from_iterable(value)
-    if bool in map(type, flat):  # numpy would quietly read true as 1.0
-        raise InstanceError(index, "values must be numbers, not true/false")
+    if booleans:  # numpy would quietly read true as 1.0
+        flat = value if a.ndim == 1 else itertools.chain.from_iterable(value)
+        if bool in map(type, flat):
+            raise InstanceError(index, "values must be numbers, not true/false")
     a = a.reshape(FEATURES)
     bad = np.flatnonzero(~np.isfinite(a))
     if bad.size:
@@ -40,9 +41,11 @@ def _instance(value: Any, index: int) -> np.ndarray:
     return a
 
 
-def to_pixels(instances: list[Any]) -> np.ndarray:
-    """[len(instances), 784] float32, or InstanceError for the first bad instance."""
+def to_pixels(instances: list[Any], booleans: bool = True) -> np.ndarray:
+    """[len(instances), 784] float32, or InstanceError for the first bad instance. booleans=False
+    skips the scan for true/false (16 of 39 us for one image), for instances parsed from a JSON
+    text that holds neither token."""
     out = np.empty((len(instances), FEATURES), dtype=np.float32)
     for i, value in enumerate(instances):
-        out[i] = _instance(value, i)
+        out[i] = _instance(value, i, booleans)
     return out

@@ -1,5 +1,6 @@
 import json
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
 import pydantic_core
@@ -32,6 +33,7 @@ from service.schemas import (
 from service.settings import Settings
 
 RETRY_AFTER = {"Retry-After": "1"}
+JSON_BOOLEANS = "json_booleans"
 
 
 async def get_registry(request: Request) -> Registry:
@@ -83,6 +85,28 @@ async def get_model(model: str, registry: RegistryDep) -> ServedModel:
 ModelDep = Annotated[ServedModel, Depends(get_model)]
 
 
+@dataclass(frozen=True)
+class ModelCall:
+    """What a predict or uncertainty route needs, from one dependency: each dependency costs
+    FastAPI a few microseconds a request, and these routes are the hot path."""
+
+    served: ServedModel
+    settings: Settings
+    metrics: Metrics
+    batcher: Batcher
+    may_hold_booleans: bool  # the JSON body has a true or false token (JSONRequest)
+
+
+async def get_model_call(model: str, request: Request) -> ModelCall:
+    state = request.state
+    served = await get_model(model, state.registry)
+    booleans = getattr(state, JSON_BOOLEANS, True)
+    return ModelCall(served, state.registry.settings, state.metrics, state.batcher, booleans)
+
+
+ModelCallDep = Annotated[ModelCall, Depends(get_model_call)]
+
+
 class JSONRequest(Request):
     """Parses JSON bodies with pydantic-core's parser: for 784 floats about 6x faster than the
     json module (bench/request_profile.py). A body it refuses goes to the json module, whose
@@ -95,6 +119,8 @@ class JSONRequest(Request):
                 self._json = pydantic_core.from_json(body)
             except ValueError:
                 self._json = json.loads(body)
+            # Without either token the pixels need no scan for booleans (service/pixels.py).
+            setattr(self.state, JSON_BOOLEANS, b"true" in body or b"false" in body)
         return self._json
 
 
@@ -187,28 +213,25 @@ def check_limits(n: int, samples: int, settings: Settings) -> None:
         )
 
 
-def _pixels(instances: list[Any], settings: Settings, samples: int = 1) -> torch.Tensor:
+def _pixels(
+    instances: list[Any], settings: Settings, samples: int = 1, booleans: bool = True
+) -> torch.Tensor:
     """Limits first, then conversion: nothing is allocated for a request over the limits."""
     check_limits(len(instances), samples, settings)
     try:
-        return torch.from_numpy(to_pixels(instances))
+        return torch.from_numpy(to_pixels(instances, booleans))
     except InstanceError as e:
         raise invalid(["instances", e.index], str(e)) from None
 
 
 # Inference runs in the batcher's thread (service/batching.py), never on the event loop.
 @v1.post("/{model}/predict", responses=ERRORS)
-async def predict(
-    body: PredictRequest,
-    served: ModelDep,
-    registry: RegistryDep,
-    metrics: MetricsDep,
-    batcher: BatcherDep,
-) -> PredictResponse:
+async def predict(body: PredictRequest, call: ModelCallDep) -> PredictResponse:
     """Eval-mode prediction: dropout off, deterministic."""
-    X = _pixels(body.instances, registry.settings)
-    metrics.instances.labels(served.name, "eval").observe(len(X))
-    probs = await batched(batcher.predict(served.engine, X))
+    served = call.served
+    X = _pixels(body.instances, call.settings, booleans=call.may_hold_booleans)
+    call.metrics.instances.labels(served.name, "eval").observe(len(X))
+    probs = await batched(call.batcher.predict(served.engine, X))
     confidence, index = probs.max(-1)
     return PredictResponse.model_validate(
         {
@@ -282,14 +305,8 @@ async def answer_uncertainty(
 
 
 @v1.post("/{model}/uncertainty", responses=ERRORS)
-async def uncertainty(
-    body: UncertaintyRequest,
-    served: ModelDep,
-    registry: RegistryDep,
-    metrics: MetricsDep,
-    batcher: BatcherDep,
-) -> UncertaintyResponse:
+async def uncertainty(body: UncertaintyRequest, call: ModelCallDep) -> UncertaintyResponse:
     """MC dropout: N stochastic passes with dropout on; agreement, votes and entropies."""
-    samples = check_samples(body.samples, served, registry.settings)
-    X = _pixels(body.instances, registry.settings, samples)
-    return await answer_uncertainty(served, X, samples, body.seed, metrics, batcher)
+    samples = check_samples(body.samples, call.served, call.settings)
+    X = _pixels(body.instances, call.settings, samples, call.may_hold_booleans)
+    return await answer_uncertainty(call.served, X, samples, body.seed, call.metrics, call.batcher)

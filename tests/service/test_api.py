@@ -143,6 +143,7 @@ def test_uncertainty_seed_and_defaults(client: TestClient) -> None:
         ([0.5] * 783 + ["a"], "values must be numbers"),
         ([0.5] * 783 + [None], "values must be numbers"),
         ([0.5] * 783 + [True], "values must be numbers, not true/false"),
+        ([[0.5] * 28] * 27 + [[0.5] * 27 + [False]], "values must be numbers, not true/false"),
         ("pixels", "expected a list of 784 numbers"),
         (0.5, "expected a list of 784 numbers"),
     ],
@@ -150,6 +151,12 @@ def test_uncertainty_seed_and_defaults(client: TestClient) -> None:
 def test_bad_instance_is_422_naming_index(client: TestClient, instance: Any, fragment: str) -> None:
     r = client.post(PREDICT, json={"instances": [*images(1), instance]})
     assert_422(r, ["body", "instances", 1], f"instance 1: {fragment}")
+
+
+def test_a_boolean_pixel_is_422_on_the_uncertainty_route_too(client: TestClient) -> None:
+    # The routes scan the pixels for booleans only when the JSON text holds true or false.
+    r = client.post(UNCERTAINTY, json={"instances": [[0.5] * 783 + [False]], "samples": 5})
+    assert_422(r, ["body", "instances", 0], "instance 0: values must be numbers, not true/false")
 
 
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e999"])
