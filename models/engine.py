@@ -68,11 +68,7 @@ class Engine:
         self.linears = model.layers()
         self.ps = model.config.dropout
         self.device = self.linears[0].weight.device
-        # Requests of one call together, in groups of up to max_chunk_rows rows: by default on
-        # every device but the CPU (see the module's docstring). Fused, the statistics come back
-        # on the CPU; to() keeps an explicit choice and derives the default anew.
         self._fuse = fuse
-        self.fuse = fuse if fuse is not None else self.device.type != "cpu"
         # The prefix runs up to and including the hidden layer that the first dropout follows.
         self.first_dropout = next((i for i, p in enumerate(self.ps) if p > 0), None)
         self.samplers = [MaskSampler(p) if p > 0 else None for p in self.ps]
@@ -106,6 +102,13 @@ class Engine:
             temperature_mc=self.temperature_mc,
             fuse=self._fuse,
         )
+
+    @property
+    def fuse(self) -> bool:
+        """Whether the requests of one call run together, in groups of up to max_chunk_rows rows:
+        as asked, else on every device but the CPU (see the module's docstring). Fused, the
+        statistics come back on the CPU."""
+        return self._fuse if self._fuse is not None else self.device.type != "cpu"
 
     @property
     def supports_mc(self) -> bool:
