@@ -7,7 +7,7 @@ this process (`inference = "thread"`). Either runs `execute`:
 - eval jobs of one model as one forward pass over all their instances;
 - MC jobs, each with its own N and generator: on a GPU all of them in one engine call
   (models/engine.py, `fuse`), on the CPU one after another. Merged on the CPU, 32 requests of
-  one image and N = 100 took 0.30 ms each against 0.37 ms (docs/performance.md): a gain that
+  one image and N = 100 took 0.30 ms each against 0.38 ms (docs/performance.md): a gain that
   does not show over HTTP, where the server process is the limit, and merging would make a
   seed's numbers depend on the rest of the batch by float rounding.
 While the runner computes, the next requests queue up and form the next batch, so under load
