@@ -87,14 +87,14 @@ ModelDep = Annotated[ServedModel, Depends(get_model)]
 
 @dataclass(frozen=True)
 class ModelCall:
-    """What a predict or uncertainty route needs, from one dependency: each dependency costs
-    FastAPI a few microseconds a request, and these routes are the hot path."""
+    """What a route of one model needs, from one dependency: each dependency costs FastAPI a
+    few microseconds a request, and the predict and uncertainty routes are the hot path."""
 
     served: ServedModel
     settings: Settings
     metrics: Metrics
     batcher: Batcher
-    may_hold_booleans: bool  # the JSON body has a true or false token (JSONRequest)
+    may_hold_booleans: bool  # a JSON body with a true or false token, or no JSON body
 
 
 async def get_model_call(model: str, request: Request) -> ModelCall:

@@ -16,10 +16,7 @@ from service.image import FORMATS, Converted, ImageError, convert
 from service.pixels import FEATURES
 from service.routes import (
     ERRORS,
-    BatcherDep,
-    MetricsDep,
-    ModelDep,
-    RegistryDep,
+    ModelCallDep,
     answer_uncertainty,
     check_limits,
     check_samples,
@@ -114,11 +111,10 @@ def web_routes(settings: Settings) -> APIRouter:
     @router.post("/v1/models/{model}/preprocess/image", tags=["v1"], responses=IMAGE_ERRORS)
     async def preprocess_image(
         file: Upload,
-        served: ModelDep,  # 404 for an unknown model, 503 until ready: as the other routes
-        registry: RegistryDep,
+        call: ModelCallDep,  # 404 for an unknown model, 503 until ready: as the other routes
     ) -> ImagePixels:
         """The 784 pixels an image becomes: what the image routes give the model."""
-        converted = await _convert(file, registry.settings, decoding)
+        converted = await _convert(file, call.settings, decoding)
         return ImagePixels(
             pixels=converted.pixels[0].tolist(),
             width=converted.width,
@@ -130,19 +126,15 @@ def web_routes(settings: Settings) -> APIRouter:
     @router.post("/v1/models/{model}/uncertainty/image", tags=["v1"], responses=IMAGE_ERRORS)
     async def uncertainty_image(
         file: Upload,
-        served: ModelDep,
-        registry: RegistryDep,
-        metrics: MetricsDep,
-        batcher: BatcherDep,
+        call: ModelCallDep,
         samples: Samples = None,
         seed: Seed = None,
     ) -> UncertaintyResponse:
         """MC dropout for an uploaded image: the JSON route's answer for its 784 pixels."""
-        settings = registry.settings
-        n = check_samples(samples, served, settings)
-        check_limits(1, n, settings)
-        converted = await _convert(file, settings, decoding)
+        n = check_samples(samples, call.served, call.settings)
+        check_limits(1, n, call.settings)
+        converted = await _convert(file, call.settings, decoding)
         X = torch.from_numpy(converted.pixels)
-        return await answer_uncertainty(served, X, n, seed, metrics, batcher)
+        return await answer_uncertainty(call.served, X, n, seed, call.metrics, call.batcher)
 
     return router
