@@ -32,33 +32,43 @@ STATISTICS = [f.name for f in fields(UncertaintyStats) if f.name != "samples"]
 
 
 class StatsAccumulator:
-    """Running sums in float64, so the passes never need to be held in memory together."""
+    """Running sums in float64, so the passes never need to be held in memory together.
+
+    Each chunk costs a handful of tensor operations whatever its size; they dominate for small
+    requests, so the sums share one tensor, votes are one bincount, and the first chunk's
+    results are kept as they are (0 + x is x), one request in one chunk being the common case.
+    """
 
     def __init__(self, batch: int, classes: int, device: torch.device | None = None) -> None:
         self.n = 0
-        # [3, batch, classes]: sums over passes of p, p^2 and p log p, in one tensor so that each
-        # chunk costs a handful of tensor operations (they dominate for small requests). The
-        # first chunk's sums are taken as they are (0 + x is x), one request in one chunk being
-        # the common case.
-        self.sums: torch.Tensor | None = None
-        self.votes = torch.zeros(batch, classes, dtype=torch.int64, device=device)
+        self.batch, self.classes = batch, classes
+        self.sums: torch.Tensor | None = None  # [3, batch, classes]: sums of p, p^2, p log p
+        self.votes: torch.Tensor | None = None  # [batch * classes] int64
+        # Instance i's votes for class c land in bin i * classes + c.
+        self.offsets = (
+            torch.arange(0, batch * classes, classes, device=device) if batch > 1 else None
+        )
 
     def add(self, probs: torch.Tensor) -> None:
         """probs: [passes, batch, classes], each row a distribution."""
         self.n += probs.shape[0]
         terms = torch.stack((probs, probs * probs, torch.special.xlogy(probs, probs)))
         sums = terms.sum(1, dtype=torch.float64)
-        if self.sums is None:
-            self.sums = sums
+        winners = probs.argmax(-1)  # [passes, batch]
+        if self.offsets is not None:
+            winners = winners + self.offsets
+        votes = torch.bincount(winners.view(-1), minlength=self.batch * self.classes)
+        if self.sums is None or self.votes is None:
+            self.sums, self.votes = sums, votes
         else:
             self.sums += sums
-        winners = probs.argmax(-1).T  # [batch, passes]
-        self.votes.scatter_add_(1, winners, torch.ones_like(winners))
+            self.votes += votes
 
     def finish(self) -> UncertaintyStats:
-        if self.sums is None:
+        if self.sums is None or self.votes is None:
             raise ValueError("no passes were accumulated")
-        return _statistics(self.sums, self.votes, self.n, self.n)
+        votes = self.votes.view(self.batch, self.classes)
+        return _statistics(self.sums, votes, self.n, self.n)
 
 
 def _statistics(
@@ -66,13 +76,15 @@ def _statistics(
 ) -> UncertaintyStats:
     """From sums [3, batch, classes] of p, p^2 and p log p over n passes (n: [batch, 1] where
     instances differ)."""
-    mean, mean_sq, mean_plogp = sums / n
+    means = sums / n
+    mean, mean_sq, _ = means
     # E[p^2] - E[p]^2 can come out a rounding error below zero.
-    std = (mean_sq - mean * mean).clamp_min(0.0).sqrt()
+    std = torch.addcmul(mean_sq, mean, mean, value=-1.0).clamp_min_(0.0).sqrt_()
     class_index = mean.argmax(-1)
-    agreement = (votes.gather(1, class_index[:, None]).double() / n).squeeze(1)
-    predictive = entropy(mean)
-    expected = -mean_plogp.sum(-1)
+    agreement = votes.gather(1, class_index[:, None]).double().div_(n).view(-1)
+    # mean_sq is spent: its slot takes mean log mean, so that one sum gives both entropies.
+    torch.special.xlogy(mean, mean, out=means[1])
+    predictive, expected = means[1:].sum(-1).neg_()
     return UncertaintyStats(
         class_index=class_index,
         agreement=agreement,
@@ -82,7 +94,7 @@ def _statistics(
         predictive_entropy=predictive,
         expected_entropy=expected,
         # Jensen makes this >= 0; clamp only rounding (~1e-16 in float64).
-        mutual_information=(predictive - expected).clamp_min(0.0),
+        mutual_information=(predictive - expected).clamp_min_(0.0),
         samples=samples,
     )
 

@@ -1,6 +1,8 @@
 """End to end: `python -m service` under uvicorn on 127.0.0.1, driven by httpx."""
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,14 +10,29 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.servers import serve, wait_until_ready
+from tests.servers import serve_process, wait_until_ready
 
 
 @pytest.fixture(scope="module")
-def server(model_dir: Path) -> Iterator[str]:
-    with serve(model_dir) as url:
+def served(model_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    with serve_process(model_dir) as (url, process):
         wait_until_ready(url)
-        yield url
+        yield url, process
+
+
+@pytest.fixture(scope="module")
+def server(served: tuple[str, subprocess.Popen[bytes]]) -> str:
+    return served[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_server_parses_http_with_httptools_on_uvloop(
+    served: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    # uvicorn imports them only to use them; pyproject.toml installs both.
+    maps = Path(f"/proc/{served[1].pid}/maps").read_text()
+    assert "/httptools/parser/parser." in maps
+    assert "/uvloop/loop." in maps
 
 
 def test_eval_answers_are_unchanged_by_concurrent_mc(server: str) -> None:
