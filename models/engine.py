@@ -91,6 +91,8 @@ class Engine:
         # selects whole rows, where selecting columns of [out, in] is a strided gather (B = 1,
         # N = 100 ran about 10% faster); the narrow last layer multiplies faster as [out, in].
         # (weight [in, out], or [out, in] for the last layer; bias [out])
+        # The last layer's classes are padded to a multiple of 16 (_padded_classes).
+        self.classes = self.linears[-1].out_features
         self.tail: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.first_dropout is not None:
             rest = self.linears[self.first_dropout + 1 :]
@@ -99,7 +101,7 @@ class Engine:
                 scale = sampler.scale if sampler is not None else 1.0
                 if linear is rest[-1]:
                     t = temperature_mc
-                    self.tail.append((linear.weight * (scale / t), linear.bias / t))
+                    self.tail.append(_padded_classes(linear.weight * (scale / t), linear.bias / t))
                 else:
                     self.tail.append(((linear.weight * scale).T.contiguous(), linear.bias))
 
@@ -163,7 +165,8 @@ class Engine:
     def sample_logits(self, request: MCRequest) -> torch.Tensor:
         """Every pass's logits [samples, batch, classes] (divided by temperature_mc), for
         calibration and research; the same passes as uncertainty() draws for this request."""
-        return torch.cat(list(self._logit_chunks(request, self._seed(request))))
+        logits = torch.cat(list(self._logit_chunks(request, self._seed(request))))
+        return logits[..., : self.classes].contiguous()
 
     def _seed(self, request: MCRequest) -> int:
         """The request's seed (a fresh one if it has none), once the request is checked."""
@@ -188,9 +191,9 @@ class Engine:
 
     @torch.inference_mode()
     def _mc(self, request: MCRequest, seed: int) -> UncertaintyStats:
-        acc = StatsAccumulator(request.X.shape[0], self.linears[-1].out_features, self.device)
+        acc = StatsAccumulator(request.X.shape[0], self.classes, self.device)
         for logits in self._logit_chunks(request, seed):
-            acc.add(F.softmax(logits, dim=-1))  # [passes, batch, classes]
+            acc.add(F.softmax(logits, dim=-1)[..., : self.classes])  # [passes, batch, classes]
         return acc.finish()
 
     @torch.inference_mode()
@@ -214,18 +217,20 @@ class Engine:
                 A = torch.addmm(bias, A, weight).relu_()
             if sampler is not None:
                 A.mul_(sampler.sample_rows(rows, A.shape[1], generators))
-        logits = F.linear(A, *self.tail[-1])
-        return grouped_stats(F.softmax(logits, dim=-1), instance, sizes)
+        probs = F.softmax(F.linear(A, *self.tail[-1]), dim=-1)[:, : self.classes]
+        return grouped_stats(probs, instance, sizes)
 
     def _logit_chunks(self, request: MCRequest, seed: int) -> Iterator[torch.Tensor]:
-        """The passes in chunks of [passes, batch, classes]; callers run it in inference mode."""
+        """The passes in chunks of [passes, batch, padded classes] (_padded_classes); callers run
+        it in inference mode."""
         first = self.first_dropout
         assert first is not None  # _seed checked it
         generator = torch.Generator(device=self.device).manual_seed(seed)
         H = self._prefix(request.X)
         # Units that ReLU zeroed for every instance contribute nothing in any pass: drop their
         # columns (and the matching weight columns). For one image that is roughly half of them.
-        active = H.any(0).nonzero().view(-1)  # ReLU's outputs: nonzero is positive
+        # ReLU's outputs: nonzero is positive. (One instance: its own, without a reduction.)
+        active = (H.any(0) if H.shape[0] > 1 else H[0]).nonzero().view(-1)
         weights = [w for w, _ in self.tail]
         if active.numel() < H.shape[1]:
             inputs_dim = 1 if len(weights) == 1 else 0  # the last layer is [out, in]
@@ -261,6 +266,18 @@ class Engine:
         return [
             flat[end - rows * w : end].view(rows, w) for end, w in zip(ends, widths, strict=True)
         ]
+
+
+def _padded_classes(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last layer with its classes padded to a multiple of 16 by rows of zeros and a bias of
+    -inf: their logits are -inf, which softmax turns into exact zeros, and softmax over 16 classes
+    runs vectorised, where over 10 it took 178 ns a row on this CPU against 33 (torch 2.13;
+    1 and 2 threads give the same bits)."""
+    pad = -weight.shape[0] % 16
+    return (
+        torch.cat([weight, weight.new_zeros(pad, weight.shape[1])]),
+        torch.cat([bias, bias.new_full((pad,), -math.inf)]),
+    )
 
 
 def engine_for(
