@@ -70,8 +70,11 @@ bench: $(CHECKPOINT) $(VENV)/.bench-installed
 	$(PY) bench/gil_handoffs.py --checkpoint $(CHECKPOINT)
 	$(PY) bench/peak_rss.py --checkpoint $(CHECKPOINT)
 
+# Baal itself goes in without its dependencies (they include jupyter): what bench/engine.py imports
+# of it needs only the bench extra's structlog and torchmetrics, and the dev tools' scipy.
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m pip install --quiet --no-deps "baal>=2.1,<3"
 	touch $@
 
 clean:

@@ -2,9 +2,11 @@
 
 - naive: the tutorial way, a copy of the model in train() mode and a Python loop of N forwards;
 - replicate: Baal's replicate-in-batch, the input repeated N times and one forward in train mode;
+- baal: Baal itself where it is installed (`make bench` installs it): ModelWrapper.predict_on_batch
+  with replicate_in_memory on an MCDropoutModule of the nn.Sequential form with the same weights;
 - ours: models.engine.Engine.uncertainty;
 - floor: the request's fp32 FLOPs at the GEMM throughput measured in the same run.
-All three produce the same statistics (models.stats). Times are medians of repeated runs; each
+All of them produce the same statistics (models.stats). Times are medians of repeated runs; each
 request's images start on the CPU, as a server's do, and its statistics end there.
 
 --device cuda runs all three on the GPU. --requests K,... adds a table of K concurrent requests
@@ -18,6 +20,7 @@ Run: .venv/bin/python bench/engine.py [--threads 1] [--quick] [--device cuda] [-
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import platform
 import statistics
@@ -46,6 +49,27 @@ def replicate(model: DropoutMLP, X: torch.Tensor, n: int) -> UncertaintyStats:
     with torch.no_grad():
         logits = model(X.repeat(n, 1)).view(n, X.shape[0], -1)
     return summarize(F.softmax(logits, dim=-1)).cpu()
+
+
+def baal_predictor(model: DropoutMLP) -> Callable[[torch.Tensor, int], UncertaintyStats] | None:
+    """Baal's own MC dropout on a copy of the model, or None where Baal is not installed."""
+    try:
+        from baal.bayesian.dropout import MCDropoutModule
+        from baal.modelwrapper import ModelWrapper, TrainingArgs
+    except ImportError:
+        return None
+    # MCDropoutModule keeps nn.Dropout modules on: the nn.Sequential form, the same weights.
+    concise = build_model(dataclasses.replace(model.config, variant="concise")).to(DEVICE)
+    for mine, theirs in zip(model.layers(), concise.layers(), strict=True):
+        theirs.load_state_dict(mine.state_dict())
+    args = TrainingArgs(use_cuda=DEVICE.type == "cuda", replicate_in_memory=True)
+    wrapper = ModelWrapper(MCDropoutModule(concise), args)
+
+    def predict(X: torch.Tensor, n: int) -> UncertaintyStats:
+        logits = wrapper.predict_on_batch(X.to(DEVICE), iterations=n)  # [batch, classes, n]
+        return summarize(F.softmax(logits.permute(2, 0, 1), dim=-1)).cpu()
+
+    return predict
 
 
 def seconds(fn: Callable[[], object], budget: float) -> float:
@@ -111,30 +135,43 @@ def main() -> None:
         f"{where}, torch {torch.__version__}, {args.threads} CPU thread(s), "
         f"fp32 GEMM {peak / 1e9:.0f} GFLOP/s"
     )
+    baal = baal_predictor(model)
+    if baal is None:
+        print("Baal is not installed: its columns stay empty (make bench installs it)")
     print(
-        "| B | N | naive ms | replicate ms | ours ms | floor ms | naive/ours | "
-        "replicate/ours | ours/floor |"
+        "| B | N | naive ms | replicate ms | Baal ms | ours ms | floor ms | naive/ours | "
+        "replicate/ours | Baal/ours | ours/floor |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, n in cases:
-        print(row(model, engine, config, peak, batch, n))
+        print(row(model, engine, baal, config, peak, batch, n))
     if args.requests:
         concurrent(model, [int(k) for k in args.requests.split(",")])
 
 
 def row(
-    model: DropoutMLP, engine: Engine, config: MLPConfig, peak: float, batch: int, n: int
+    model: DropoutMLP,
+    engine: Engine,
+    baal: Callable[[torch.Tensor, int], UncertaintyStats] | None,
+    config: MLPConfig,
+    peak: float,
+    batch: int,
+    n: int,
 ) -> str:
     X = torch.rand(batch, 784)
     budget = 2.0 if batch * n <= 3200 else 4.0
     t_naive = seconds(lambda: naive(model, X, n), budget)
     t_rep = seconds(lambda: replicate(model, X, n), budget)
+    t_baal = seconds(lambda: baal(X, n), budget) if baal is not None else None
     t_ours = seconds(lambda: engine.uncertainty([MCRequest(X, n, 0)]), budget)
     floor = request_flops(config, batch, n) / peak
+    baal_ms, baal_ratio = (
+        (f"{t_baal * 1e3:.3f}", f"{t_baal / t_ours:.1f}") if t_baal is not None else ("", "")
+    )
     return (
-        f"| {batch} | {n} | {t_naive * 1e3:.3f} | {t_rep * 1e3:.3f} | {t_ours * 1e3:.3f} | "
-        f"{floor * 1e3:.4f} | {t_naive / t_ours:.1f} | {t_rep / t_ours:.1f} | "
-        f"{t_ours / floor:.1f} |"
+        f"| {batch} | {n} | {t_naive * 1e3:.3f} | {t_rep * 1e3:.3f} | {baal_ms} | "
+        f"{t_ours * 1e3:.3f} | {floor * 1e3:.4f} | {t_naive / t_ours:.1f} | "
+        f"{t_rep / t_ours:.1f} | {baal_ratio} | {t_ours / floor:.1f} |"
     )
 
 
