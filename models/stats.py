@@ -6,12 +6,6 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 
-def entropy(p: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats over the last axis; xlogy makes 0 log 0 = 0."""
-    h: torch.Tensor = -torch.special.xlogy(p, p).sum(-1)
-    return h
-
-
 @dataclass(frozen=True)
 class UncertaintyStats:
     class_index: torch.Tensor  # [batch] int64, argmax of mean_probabilities
@@ -82,7 +76,8 @@ def _statistics(
     std = torch.addcmul(mean_sq, mean, mean, value=-1.0).clamp_min_(0.0).sqrt_()
     class_index = mean.argmax(-1)
     agreement = votes.gather(1, class_index[:, None]).double().div_(n).view(-1)
-    # mean_sq is spent: its slot takes mean log mean, so that one sum gives both entropies.
+    # mean_sq is spent: its slot takes mean log mean, so that one sum gives both entropies (in
+    # nats; xlogy makes 0 log 0 = 0).
     torch.special.xlogy(mean, mean, out=means[1])
     predictive, expected = means[1:].sum(-1).neg_()
     return UncertaintyStats(
