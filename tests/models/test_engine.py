@@ -150,6 +150,26 @@ def test_fused_groups_stay_within_max_chunk_rows(monkeypatch: pytest.MonkeyPatch
     assert rows == [80, 100, 100, 100, 35]
 
 
+def test_answers_do_not_depend_on_the_thread_count() -> None:
+    # The inference process and a server thread run different thread counts (service/inference.py)
+    # and must answer alike, bit for bit: MKL's products and torch's softmax over some layouts
+    # would not (docs/performance.md, "Tried and dropped").
+    engine = Engine(make_model(MLPConfig()))  # the chapter's sizes: 10 classes, padded to 16
+    X, requests = images(3), [MCRequest(images(3), 300, 4), MCRequest(images(1, 2), 100, 5)]
+    before = torch.get_num_threads()
+    answers, predictions = [], []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            answers.append(engine.uncertainty(requests))
+            predictions.append(engine.predict(X))
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(*answers, strict=True):
+        assert_stats_equal(one, two)
+    assert torch.equal(*predictions)
+
+
 def test_seed_none_draws_a_fresh_seed() -> None:
     engine = Engine(make_model())
     a, b = engine.uncertainty([MCRequest(images(2), 30), MCRequest(images(2), 30)])
