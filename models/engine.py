@@ -13,7 +13,7 @@ same order whatever shares the call, and their statistics reduced in one go
 Memory: passes run in chunks of at most max(max_chunk_rows, batch) rows (a row is one instance in
 one pass). A chunk holds a few float32 tensors per layer width, about
 rows x 4 B x 3 x (sum of hidden sizes + classes), 51 MB for 784-256-256-10 at the default 8192 rows
-(bench/engine_memory.py measured 43 to 81 MB of peak RSS growth, and 10 MB at 1024 rows). The
+(bench/engine_memory.py measured 41 to 78 MB of peak RSS growth, and 10 MB at 1024 rows). The
 statistics are accumulated per chunk in O(batch x classes), independent of N.
 """
 

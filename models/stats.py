@@ -26,17 +26,22 @@ STATISTICS = [f.name for f in fields(UncertaintyStats) if f.name != "samples"]
 
 
 class StatsAccumulator:
-    """Running sums in float64, so the passes never need to be held in memory together.
+    """Running statistics in float64, so the passes never need to be held in memory together: per
+    instance and class the mean and the variance of p, merged chunk by chunk (Chan, Golub and
+    LeVeque's pairwise update), per instance the sum of the passes' entropies, and the votes.
 
     Each chunk costs a handful of tensor operations whatever its size; they dominate for small
-    requests, so the sums share one tensor, votes are one bincount, and the first chunk's
-    results are kept as they are (0 + x is x), one request in one chunk being the common case.
+    requests, so a chunk's mean and variance come from one var_mean, its votes from one bincount,
+    and the first chunk's results are kept as they are, one request in one chunk being the common
+    case.
     """
 
     def __init__(self, batch: int, classes: int, device: torch.device | None = None) -> None:
         self.n = 0
         self.batch, self.classes = batch, classes
-        self.sums: torch.Tensor | None = None  # [3, batch, classes]: sums of p, p^2, p log p
+        self.mean: torch.Tensor | None = None  # [batch, classes]
+        self.var: torch.Tensor | None = None  # [batch, classes], population variance
+        self.entropy: torch.Tensor | None = None  # [batch]: sum over passes of H[p_t]
         self.votes: torch.Tensor | None = None  # [batch * classes] int64
         # Instance i's votes for class c land in bin i * classes + c.
         self.offsets = (
@@ -45,47 +50,52 @@ class StatsAccumulator:
 
     def add(self, probs: torch.Tensor) -> None:
         """probs: [passes, batch, classes], each row a distribution."""
-        self.n += probs.shape[0]
-        terms = torch.stack((probs, probs * probs, torch.special.xlogy(probs, probs)))
-        sums = terms.sum(1, dtype=torch.float64)
+        k = probs.shape[0]
+        p = probs.double()
+        var, mean = torch.var_mean(p, 0, correction=0)
+        entropy = torch.special.entr(p).sum((0, 2))  # entr: -p ln p, and 0 at 0
         winners = probs.argmax(-1)  # [passes, batch]
         if self.offsets is not None:
             winners = winners + self.offsets
         votes = torch.bincount(winners.view(-1), minlength=self.batch * self.classes)
-        if self.sums is None or self.votes is None:
-            self.sums, self.votes = sums, votes
+        if self.mean is None or self.var is None or self.entropy is None or self.votes is None:
+            self.mean, self.var, self.entropy, self.votes = mean, var, entropy, votes
         else:
-            self.sums += sums
+            n = self.n + k
+            delta = mean - self.mean
+            self.var.mul_(self.n / n).add_(var, alpha=k / n)
+            self.var.addcmul_(delta, delta, value=self.n * k / n**2)
+            self.mean.add_(delta, alpha=k / n)
+            self.entropy += entropy
             self.votes += votes
+        self.n += k
 
     def finish(self) -> UncertaintyStats:
-        if self.sums is None or self.votes is None:
+        if self.mean is None or self.var is None or self.entropy is None or self.votes is None:
             raise ValueError("no passes were accumulated")
         votes = self.votes.view(self.batch, self.classes)
-        return _statistics(self.sums, votes, self.n, self.n)
+        return _statistics(self.mean, self.var, self.entropy / self.n, votes, self.n, self.n)
 
 
 def _statistics(
-    sums: torch.Tensor, votes: torch.Tensor, n: int | torch.Tensor, samples: int
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    expected: torch.Tensor,
+    votes: torch.Tensor,
+    n: int | torch.Tensor,
+    samples: int,
 ) -> UncertaintyStats:
-    """From sums [3, batch, classes] of p, p^2 and p log p over n passes (n: [batch, 1] where
-    instances differ)."""
-    means = sums / n
-    mean, mean_sq, _ = means
-    # E[p^2] - E[p]^2 can come out a rounding error below zero.
-    std = torch.addcmul(mean_sq, mean, mean, value=-1.0).clamp_min_(0.0).sqrt_()
+    """From the mean and variance [batch, classes] of p over n passes (n: [batch, 1] where
+    instances differ), and the mean of their entropies [batch]."""
     class_index = mean.argmax(-1)
     agreement = votes.gather(1, class_index[:, None]).double().div_(n).view(-1)
-    # mean_sq is spent: its slot takes mean log mean, so that one sum gives both entropies (in
-    # nats; xlogy makes 0 log 0 = 0).
-    torch.special.xlogy(mean, mean, out=means[1])
-    predictive, expected = means[1:].sum(-1).neg_()
+    predictive = torch.special.entr(mean).sum(-1)  # in nats
     return UncertaintyStats(
         class_index=class_index,
         agreement=agreement,
         votes=votes,
         mean_probabilities=mean,
-        std_probabilities=std,
+        std_probabilities=var.sqrt(),
         predictive_entropy=predictive,
         expected_entropy=expected,
         # Jensen makes this >= 0; clamp only rounding (~1e-16 in float64).
@@ -106,14 +116,19 @@ def grouped_stats(
     launches each.
     """
     batch, classes = sum(b for b, _ in requests), probs.shape[1]
-    terms = torch.stack((probs, probs * probs, torch.special.xlogy(probs, probs)))
-    sums = terms.new_zeros((3, batch, classes), dtype=torch.float64)
-    sums.index_add_(1, instance, terms.double())
     winners = instance * classes + probs.argmax(-1)
     votes = torch.zeros(batch * classes, dtype=torch.int64, device=probs.device)
     votes = votes.index_add_(0, winners, torch.ones_like(winners)).view(batch, classes)
     # Every pass votes once: an instance's votes add up to its passes.
-    every = _statistics(sums, votes, votes.sum(1, keepdim=True).double(), 0)
+    n = votes.sum(1, keepdim=True).double()
+    p = probs.double()
+    terms = torch.stack((p, torch.special.entr(p)))
+    mean, entropy = p.new_zeros((2, batch, classes)).index_add_(1, instance, terms) / n
+    # The variance in a second pass over the deviations, as exact as the accumulator's (the
+    # shortcut E[p^2] - E[p]^2 loses a small variance to cancellation).
+    deviations = (p - mean.index_select(0, instance)).square_()
+    var = p.new_zeros((batch, classes)).index_add_(0, instance, deviations).div_(n)
+    every = _statistics(mean, var, entropy.sum(-1), votes, n, 0)
     on_cpu: dict[str, torch.Tensor] = {}
     for dtype in (torch.float64, torch.int64):
         names = [n for n in STATISTICS if getattr(every, n).dtype == dtype]

@@ -84,14 +84,16 @@ class MCAnswer:
 
     @classmethod
     def of(cls, stats: UncertaintyStats) -> "MCAnswer":
-        winners = stats.votes.gather(1, stats.class_index[:, None]).squeeze(1)
-        low, high = wilson_interval(winners, stats.samples)
+        class_index, votes = stats.class_index.tolist(), stats.votes.tolist()
         return cls(
             samples=stats.samples,
-            class_index=stats.class_index.tolist(),
+            class_index=class_index,
             agreement=stats.agreement.tolist(),
-            agreement_interval=torch.stack((low, high), 1).tolist(),
-            votes=stats.votes.tolist(),
+            agreement_interval=[
+                list(wilson_interval(v[c], stats.samples))
+                for v, c in zip(votes, class_index, strict=True)
+            ],
+            votes=votes,
             mean_probabilities=stats.mean_probabilities.tolist(),
             std_probabilities=stats.std_probabilities.tolist(),
             predictive_entropy=stats.predictive_entropy.tolist(),

@@ -6,7 +6,7 @@ import torch
 from models.masks import MaskSampler
 
 
-@pytest.mark.parametrize(("p", "bits"), [(0.5, 8), (0.25, 8), (0.3, 16), (0.1, 16), (0.9, 16)])
+@pytest.mark.parametrize(("p", "bits"), [(0.5, 1), (0.25, 8), (0.3, 16), (0.1, 16), (0.9, 16)])
 def test_keep_rate_is_one_minus_p(p: float, bits: int) -> None:
     sampler = MaskSampler(p)
     assert sampler.bits == bits
@@ -21,7 +21,7 @@ def test_keep_rate_is_one_minus_p(p: float, bits: int) -> None:
     assert abs(float(mask.mean()) - sampler.keep) < 5 * math.sqrt(sampler.keep * (1 - p) / n)
 
 
-@pytest.mark.parametrize("p", [0.5, 0.3])
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.3])
 def test_every_lane_and_position_is_fair(p: float) -> None:
     # A lane that is always kept or dropped (say the sign bit of a word) would show up as a
     # column far from keep: 64 columns cover every lane position of the int64 words.

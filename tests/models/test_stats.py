@@ -122,3 +122,22 @@ def test_grouped_stats_equal_each_requests_own() -> None:
             if isinstance(a, torch.Tensor):
                 assert a.device.type == "cpu"
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=f.name)
+
+
+@pytest.mark.parametrize("chunks", [[8], [3, 5], [1] * 8])
+def test_std_is_exact_when_passes_barely_differ(chunks: list[int]) -> None:
+    # Passes alternating 0.5 +- d: the std over them is d. E[p^2] - E[p]^2 would lose it (0.25 + d^2
+    # rounds to 0.25 in float64, so it gave 0); the mean and variance merged chunk by chunk, or
+    # the deviations from the mean summed, keep it.
+    d = 1e-9
+    probs = torch.tensor([[[0.5 + d, 0.5 - d]], [[0.5 - d, 0.5 + d]]], dtype=torch.float64)
+    probs = probs.repeat(4, 1, 1)  # 8 passes
+    acc = StatsAccumulator(1, 2)
+    for part in torch.split(probs, chunks):
+        acc.add(part)
+    # The fused engine's statistics, from all the rows at once, as exact.
+    (grouped,) = grouped_stats(probs.view(8, 2), torch.zeros(8, dtype=torch.int64), [(1, 8)])
+    for s in (acc.finish(), grouped):
+        std, mean = s.std_probabilities, s.mean_probabilities
+        torch.testing.assert_close(std, torch.full((1, 2), d, dtype=torch.float64))
+        torch.testing.assert_close(mean, torch.full((1, 2), 0.5, dtype=torch.float64))
