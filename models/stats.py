@@ -39,10 +39,9 @@ class StatsAccumulator:
     def __init__(self, batch: int, classes: int, device: torch.device | None = None) -> None:
         self.n = 0
         self.batch, self.classes = batch, classes
-        self.mean: torch.Tensor | None = None  # [batch, classes]
-        self.var: torch.Tensor | None = None  # [batch, classes], population variance
-        self.entropy: torch.Tensor | None = None  # [batch]: sum over passes of H[p_t]
-        self.votes: torch.Tensor | None = None  # [batch * classes] int64
+        # mean and population variance [batch, classes], the sum over passes of H[p_t] [batch],
+        # votes [batch * classes] int64; None before the first chunk.
+        self.running: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         # Instance i's votes for class c land in bin i * classes + c.
         self.offsets = (
             torch.arange(0, batch * classes, classes, device=device) if batch > 1 else None
@@ -58,23 +57,25 @@ class StatsAccumulator:
         if self.offsets is not None:
             winners = winners + self.offsets
         votes = torch.bincount(winners.view(-1), minlength=self.batch * self.classes)
-        if self.mean is None or self.var is None or self.entropy is None or self.votes is None:
-            self.mean, self.var, self.entropy, self.votes = mean, var, entropy, votes
+        if self.running is None:
+            self.running = mean, var, entropy, votes
         else:
+            running_mean, running_var, running_entropy, running_votes = self.running
             n = self.n + k
-            delta = mean - self.mean
-            self.var.mul_(self.n / n).add_(var, alpha=k / n)
-            self.var.addcmul_(delta, delta, value=self.n * k / n**2)
-            self.mean.add_(delta, alpha=k / n)
-            self.entropy += entropy
-            self.votes += votes
+            delta = mean - running_mean
+            running_var.mul_(self.n / n).add_(var, alpha=k / n)
+            running_var.addcmul_(delta, delta, value=self.n * k / n**2)
+            running_mean.add_(delta, alpha=k / n)
+            running_entropy += entropy
+            running_votes += votes
         self.n += k
 
     def finish(self) -> UncertaintyStats:
-        if self.mean is None or self.var is None or self.entropy is None or self.votes is None:
+        if self.running is None:
             raise ValueError("no passes were accumulated")
-        votes = self.votes.view(self.batch, self.classes)
-        return _statistics(self.mean, self.var, self.entropy / self.n, votes, self.n, self.n)
+        mean, var, entropy, votes = self.running
+        votes = votes.view(self.batch, self.classes)
+        return _statistics(mean, var, entropy / self.n, votes, self.n, self.n)
 
 
 def _statistics(
