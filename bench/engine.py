@@ -13,8 +13,10 @@ request's images start on the CPU, as a server's do, and its statistics end ther
 of one image and N = 100 in one engine call, as the service hands a batch to the engine (a GPU
 engine fuses them, models/engine.py): ours fused and one by one, against replicate-in-batch over
 all K x N rows at once (one generator for the batch: no per-request seeds) and the naive loop per
-request. On a GPU it also reads the kernels' own time with torch.profiler, the part of the wall
-time that CUDA graphs could not remove.
+request. On a GPU it also replays ours fused from a CUDA graph captured for the K requests (one
+generator per request registered with the graph, seeded before each replay), checks that the
+replay answers as the fused engine does, and reads the fused kernels' own time with
+torch.profiler: the part of the wall time that launching them from a graph cannot remove.
 Run: .venv/bin/python bench/engine.py [--threads 1] [--quick] [--device cuda] [--requests 1,32,256]
 """
 
@@ -30,9 +32,9 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from models.engine import Engine, MCRequest
+from models.engine import Engine, MCRequest, instance_rows
 from models.mlp import DropoutMLP, MLPConfig, build_model
-from models.stats import UncertaintyStats, summarize
+from models.stats import UncertaintyStats, split_requests, summarize
 
 
 def naive(model: DropoutMLP, X: torch.Tensor, n: int) -> UncertaintyStats:
@@ -179,18 +181,28 @@ def concurrent(model: DropoutMLP, counts: list[int], n: int = 100) -> None:
     fused, alone = (Engine(copy.deepcopy(model), fuse=f) for f in (True, False))
     gpu = DEVICE.type == "cuda"
     print(f"\nK concurrent requests of one image, N = {n}, in one call: microseconds per request")
-    print(
-        "| K | naive | replicate, one generator | ours, one by one | ours, fused | "
-        "naive/fused | requests/s, fused |" + (" fused: kernels' time |" if gpu else "")
-    )
-    print("|---|---|---|---|---|---|---|" + ("---|" if gpu else ""))
+    columns = [
+        "K",
+        "naive",
+        "replicate, one generator",
+        "ours, one by one",
+        "ours, fused",
+        "naive/fused",
+        "requests/s, fused",
+    ]
+    if gpu:
+        columns += ["fused, CUDA graph", "requests/s, graph", "graph = fused"]
+        columns += ["fused: kernels' time"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for k in counts:
         print(concurrent_row(model, fused, alone, k, n))
 
 
 def concurrent_row(model: DropoutMLP, fused: Engine, alone: Engine, k: int, n: int) -> str:
     X = torch.rand(k, 784)
-    requests = [MCRequest(X[i : i + 1], n, i) for i in range(k)]
+    seeds = list(range(k))
+    requests = [MCRequest(X[i : i + 1], n, seeds[i]) for i in range(k)]
     t_naive = seconds(lambda: [naive(model, X[i : i + 1], n) for i in range(k)], 2.0)
     t_rep = seconds(lambda: replicate(model, X, n), 2.0)
     t_alone = seconds(lambda: alone.uncertainty(requests), 2.0)
@@ -200,8 +212,59 @@ def concurrent_row(model: DropoutMLP, fused: Engine, alone: Engine, k: int, n: i
         f"{t_fused / k * 1e6:.1f} | {t_naive / t_fused:.1f} | {k / t_fused:,.0f} |"
     )
     if DEVICE.type == "cuda":
+        try:
+            replay = graphed(fused, k, n)
+            t_graph = seconds(lambda: replay(X, seeds), 2.0)
+            line += f" {t_graph / k * 1e6:.1f} | {k / t_graph:,.0f} | "
+            line += same_answers(replay(X, seeds), fused.uncertainty(requests)) + " |"
+        except Exception as e:  # report it in the table: the other columns still count
+            line += f" failed: {type(e).__name__}: {e} | | |"
         line += f" {kernel_seconds(lambda: fused.uncertainty(requests)) / k * 1e6:.1f} |"
     return line
+
+
+def graphed(
+    engine: Engine, k: int, n: int
+) -> Callable[[torch.Tensor, list[int]], list[UncertaintyStats]]:
+    """Ours fused for k requests of one image and n passes, from one CUDA graph: a call copies
+    the images [k, features] into the graph's input, seeds each request's generator, replays
+    the graph and copies the statistics to the CPU (models.stats.split_requests)."""
+    sizes = [(1, n)] * k
+    X = torch.zeros(k, engine.linears[0].in_features, device=DEVICE)
+    instance = instance_rows(sizes, DEVICE)
+    generators = [torch.Generator(DEVICE) for _ in range(k)]
+    graph = torch.cuda.CUDAGraph()
+    for generator in generators:  # the graph reads their seeds and offsets at each replay
+        graph.register_generator_state(generator)
+    # Warm-up off the default stream, as torch.cuda.graph's docs ask.
+    side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            engine.fused_passes(X, instance, sizes, generators)
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        every = engine.fused_passes(X, instance, sizes, generators)
+
+    def replay(images: torch.Tensor, seeds: list[int]) -> list[UncertaintyStats]:
+        X.copy_(images)
+        for generator, seed in zip(generators, seeds, strict=True):
+            generator.manual_seed(seed)
+        graph.replay()
+        return split_requests(every, sizes)
+
+    return replay
+
+
+def same_answers(got: list[UncertaintyStats], want: list[UncertaintyStats]) -> str:
+    """Whether two runs of the same requests gave the same votes (the same masks), and the
+    largest difference of their mean probabilities (summation order)."""
+    votes = all(torch.equal(a.votes, b.votes) for a, b in zip(got, want, strict=True))
+    gap = max(
+        float((a.mean_probabilities - b.mean_probabilities).abs().max())
+        for a, b in zip(got, want, strict=True)
+    )
+    return f"{'same votes' if votes else 'OTHER VOTES'}, mean within {gap:.0e}"
 
 
 DEVICE = torch.device("cpu")

@@ -3,8 +3,8 @@
 # need CUDA, the engine benchmark on the GPU, and the HTTP benchmark of the service with
 # MCDROPOUT_DEVICE=cuda beside MCDROPOUT_DEVICE=cpu on the same machine.
 #
-# That machine has torch but not the service's web packages: they travel as wheels in .whl/
-# (pip download, see docs/performance.md), wrk, hey and wrk's libluajit in .gpu/, and the
+# That machine has torch but not the service's web packages: they travel as wheels in .whl/,
+# wrk, hey and wrk's libluajit in .gpu/ (both built here by bench/gpu-bundle.sh), and the
 # default checkpoint in checkpoints/. Logs go to $OUT.
 # Dry run on the CPU: GPU_DEVICE=cpu NO_WHEELS=1 PY=.venv/bin/python bash bench/gpu.sh
 set -u
@@ -34,7 +34,7 @@ timeout 240 $PY -m pytest -q -p no:cacheprovider tests/models/test_engine.py \
     tests/models/test_masks.py tests/service/test_device.py 2>&1 | tee "$OUT/tests.txt" | tail -8
 
 echo "== engine"
-timeout 200 $PY bench/engine.py --device "$DEVICE" --requests 1,32,256 \
+timeout 260 $PY bench/engine.py --device "$DEVICE" --requests 1,32,256 \
     ${ENGINE_ARGS:-} 2>&1 | tee "$OUT/engine.txt"
 timeout 100 $PY bench/engine.py --device cpu --threads 1 --quick --requests 32 \
     2>&1 | tee "$OUT/engine-cpu.txt"

@@ -8,7 +8,7 @@ Requests run one by one on the CPU; on a GPU, where each tensor operation costs 
 few microseconds whatever its size, the requests of a call run together (`fuse`): one pass
 over all their rows per layer, each request's masks still drawn from its own generator, in the
 same order whatever shares the call, and their statistics reduced in one go
-(models.stats.grouped_stats).
+(models.stats.grouped_on_device).
 
 Memory: passes run in chunks of at most max(max_chunk_rows, batch) rows (a row is one instance in
 one pass). A chunk holds a few float32 tensors per layer width, about
@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from models.checkpoint import Checkpoint
 from models.masks import MaskSampler
 from models.mlp import DropoutMLP, forward_layers
-from models.stats import StatsAccumulator, UncertaintyStats, grouped_stats
+from models.stats import StatsAccumulator, UncertaintyStats, grouped_on_device, split_requests
 
 MAX_SEED = 2**63 - 1
 
@@ -198,17 +198,28 @@ class Engine:
 
     @torch.inference_mode()
     def _fused(self, requests: Sequence[MCRequest], seeds: Sequence[int]) -> list[UncertaintyStats]:
-        """The requests together: [rows, width] tensors, each request's rows pass after pass as
-        in _logit_chunks, and each one's masks from its own generator (MaskSampler.sample_rows)."""
+        """The requests together (fused_passes), their statistics copied to the CPU."""
         sizes = [(r.X.shape[0], r.samples) for r in requests]
-        H = self._prefix(
-            torch.cat([r.X.reshape(r.X.shape[0], -1).to(self.device) for r in requests])
-        )
-        offsets = itertools.accumulate((b for b, _ in sizes), initial=0)
-        instance = torch.cat(
-            [torch.arange(o, o + b).repeat(n) for (b, n), o in zip(sizes, offsets, strict=False)]
-        ).to(self.device)
+        X = torch.cat([r.X.reshape(r.X.shape[0], -1).to(self.device) for r in requests])
         generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
+        every = self.fused_passes(X, instance_rows(sizes, self.device), sizes, generators)
+        return split_requests(every, sizes)
+
+    @torch.inference_mode()
+    def fused_passes(
+        self,
+        X: torch.Tensor,
+        instance: torch.Tensor,
+        sizes: Sequence[tuple[int, int]],
+        generators: Sequence[torch.Generator],
+    ) -> UncertaintyStats:
+        """The device's part of fused requests, of (instances, samples) `sizes`: X [instances,
+        features] and instance (instance_rows(sizes)) on the device, and each request's seeded
+        generator. [rows, width] tensors, each request's rows pass after pass as in
+        _logit_chunks, and each one's masks from its own generator (MaskSampler.sample_rows).
+        Every instance's statistics stay on the device (grouped_on_device), and nothing is read
+        on the host: a CUDA graph can capture it (bench/engine.py)."""
+        H = self._prefix(X)
         rows = [b * n for b, n in sizes]
         A = H.index_select(0, instance)
         for i, sampler in enumerate(self.samplers[self.first_dropout :]):
@@ -218,7 +229,7 @@ class Engine:
             if sampler is not None:
                 A.mul_(sampler.sample_rows(rows, A.shape[1], generators))
         probs = F.softmax(F.linear(A, *self.tail[-1]), dim=-1)[:, : self.classes]
-        return grouped_stats(probs, instance, sizes)
+        return grouped_on_device(probs, instance, sizes)
 
     def _logit_chunks(self, request: MCRequest, seed: int) -> Iterator[torch.Tensor]:
         """The passes in chunks of [passes, batch, padded classes] (_padded_classes); callers run
@@ -278,6 +289,15 @@ def _padded_classes(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Ten
         torch.cat([weight, weight.new_zeros(pad, weight.shape[1])]),
         torch.cat([bias, bias.new_full((pad,), -math.inf)]),
     )
+
+
+def instance_rows(sizes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    """[rows] int64: each row's instance, for requests of (instances, samples) `sizes` laid out
+    request after request and pass after pass, the instances numbered across the requests."""
+    offsets = itertools.accumulate((b for b, _ in sizes), initial=0)
+    return torch.cat(
+        [torch.arange(o, o + b).repeat(n) for (b, n), o in zip(sizes, offsets, strict=False)]
+    ).to(device)
 
 
 def engine_for(

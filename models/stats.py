@@ -105,16 +105,18 @@ def _statistics(
     )
 
 
-def grouped_stats(
+def grouped_on_device(
     probs: torch.Tensor, instance: torch.Tensor, requests: Sequence[tuple[int, int]]
-) -> list[UncertaintyStats]:
-    """Each request's statistics, on the CPU, from the passes of several requests at once.
+) -> UncertaintyStats:
+    """Every instance's statistics, on probs' device, from the passes of several requests at once.
 
     probs [rows, classes]: every pass of every instance; instance [rows]: the row's instance,
     numbered across the requests in order; requests: each one's (instances, samples). A few
-    tensor operations for all the requests together, and two copies to the CPU (one per dtype):
-    on a GPU every copy waits for the device, and per-request statistics would cost a few dozen
-    launches each.
+    tensor operations for all the requests together, where per-request statistics would cost a
+    few dozen launches each on a GPU. Nothing is copied to the host or read there, so a CUDA
+    graph can capture it (bench/engine.py); split_requests then copies the statistics to the CPU
+    and cuts them into each request's. `samples` is 0 here: the instances' counts of passes are
+    their votes' sums.
     """
     batch, classes = sum(b for b, _ in requests), probs.shape[1]
     winners = instance * classes + probs.argmax(-1)
@@ -129,7 +131,16 @@ def grouped_stats(
     # shortcut E[p^2] - E[p]^2 loses a small variance to cancellation).
     deviations = (p - mean.index_select(0, instance)).square_()
     var = p.new_zeros((batch, classes)).index_add_(0, instance, deviations).div_(n)
-    every = _statistics(mean, var, entropy.sum(-1), votes, n, 0)
+    return _statistics(mean, var, entropy.sum(-1), votes, n, 0)
+
+
+def split_requests(
+    every: UncertaintyStats, requests: Sequence[tuple[int, int]]
+) -> list[UncertaintyStats]:
+    """The statistics of every instance (grouped_on_device) copied to the CPU, and cut into each
+    request's, with its samples. Two copies, one per dtype: on a GPU every copy waits for the
+    device."""
+    batch = sum(b for b, _ in requests)
     on_cpu: dict[str, torch.Tensor] = {}
     for dtype in (torch.float64, torch.int64):
         names = [n for n in STATISTICS if getattr(every, n).dtype == dtype]

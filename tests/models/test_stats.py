@@ -4,7 +4,13 @@ from dataclasses import fields
 import pytest
 import torch
 
-from models.stats import StatsAccumulator, UncertaintyStats, grouped_stats, summarize
+from models.stats import (
+    StatsAccumulator,
+    UncertaintyStats,
+    grouped_on_device,
+    split_requests,
+    summarize,
+)
 
 LN2 = math.log(2)
 
@@ -102,7 +108,7 @@ def test_finish_without_passes_raises() -> None:
         StatsAccumulator(2, 10).finish()
 
 
-def test_grouped_stats_equal_each_requests_own() -> None:
+def test_grouped_statistics_equal_each_requests_own() -> None:
     # Three requests of (instances, samples), their passes laid out as the fused engine lays
     # them: request after request, each pass after pass, [rows, classes].
     requests = [(2, 5), (1, 7), (3, 4)]
@@ -112,7 +118,7 @@ def test_grouped_stats_equal_each_requests_own() -> None:
     instance = torch.cat(
         [torch.arange(o, o + b).repeat(n) for (b, n), o in zip(requests, offsets, strict=True)]
     )
-    grouped = grouped_stats(rows, instance, requests)
+    grouped = split_requests(grouped_on_device(rows, instance, requests), requests)
     assert len(grouped) == 3
     for got, p in zip(grouped, probs, strict=True):
         want = summarize(p)
@@ -136,7 +142,8 @@ def test_std_is_exact_when_passes_barely_differ(chunks: list[int]) -> None:
     for part in torch.split(probs, chunks):
         acc.add(part)
     # The fused engine's statistics, from all the rows at once, as exact.
-    (grouped,) = grouped_stats(probs.view(8, 2), torch.zeros(8, dtype=torch.int64), [(1, 8)])
+    instance = torch.zeros(8, dtype=torch.int64)
+    (grouped,) = split_requests(grouped_on_device(probs.view(8, 2), instance, [(1, 8)]), [(1, 8)])
     for s in (acc.finish(), grouped):
         std, mean = s.std_probabilities, s.mean_probabilities
         torch.testing.assert_close(std, torch.full((1, 2), d, dtype=torch.float64))
