@@ -221,7 +221,8 @@ def concurrent_row(model: DropoutMLP, fused: Engine, alone: Engine, k: int, n: i
             eager = fused.uncertainty([MCRequest(Y[i : i + 1], n, others[i]) for i in range(k)])
             line += same_answers(replay(Y, others), eager) + " |"
         except Exception as e:  # report it in the table: the other columns still count
-            line += f" failed: {type(e).__name__}: {e} | | |"
+            reason = (str(e).splitlines() or [""])[0][:160].replace("|", "/")
+            line += f" failed: {type(e).__name__}: {reason} | | |"
         line += f" {kernel_seconds(lambda: fused.uncertainty(requests)) / k * 1e6:.1f} |"
     return line
 
