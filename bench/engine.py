@@ -250,8 +250,12 @@ def graphed(
     with torch.cuda.graph(graph):
         every = engine.fused_passes(X, instance, sizes, generators)
 
+    # The graph reads its inputs' memory at each replay: both must live as long as it does
+    # (a freed `instance` was reused by later tensors, and the replays gathered out of bounds).
+    inputs = (X, instance)
+
     def replay(images: torch.Tensor, seeds: list[int]) -> list[UncertaintyStats]:
-        X.copy_(images)
+        inputs[0].copy_(images)
         for generator, seed in zip(generators, seeds, strict=True):
             generator.manual_seed(seed)
         graph.replay()
