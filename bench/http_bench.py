@@ -4,13 +4,14 @@
 missing) at each concurrency for a fixed time.
 
 Run: .venv/bin/python bench/http_bench.py --checkpoint checkpoints/fashion-mlp.safetensors \
-        [--servers ours,naive,litserve] [--concurrency 1,8,32,128] [--duration 10] [--quick] \
+        [--servers ours,stock,naive,litserve] [--concurrency 1,8,32,128] [--duration 10] [--quick] \
         [--env MCDROPOUT_WORKERS=2] [--json results.json]
 Each request carries one image (784 pixels in [0, 1] with 4 decimals, from a fixed seed; wrk
 cycles through 16 of them, hey sends the first); eval is the predict route, uncertainty asks for
 N = --samples passes. Errors count HTTP statuses >= 400, socket errors and timeouts. Server CPU
 is the user and system time of the server's processes during the row, per request. --env goes to
-`ours` only, to compare its configurations. The client shares the machine with the server.
+`ours` (and `stock`: ours under uvicorn's own protocol, bench/stock_server.py) only, to compare
+their configurations. The client shares the machine with the server.
 Exits 1 if a server or an endpoint could not be measured (the reason is printed).
 """
 
@@ -37,7 +38,7 @@ import numpy as np
 from loadgen import Row, pick_tool, process_tree, run_hey, run_wrk, tool_version
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVERS = ("ours", "naive", "litserve")
+SERVERS = ("ours", "naive", "litserve")  # the default; also "stock" (bench/stock_server.py)
 MODEL = "bench"  # the name every server serves the checkpoint under
 IMAGES = 16
 
@@ -84,8 +85,9 @@ def free_port() -> int:
         return port
 
 
-def ours(folder: Path, env: dict[str, str]) -> Server:
-    """`python -m service` serving folder's checkpoints, with env's extra settings."""
+def ours(folder: Path, env: dict[str, str], stock: bool = False) -> Server:
+    """`python -m service` serving folder's checkpoints, with env's extra settings; stock: the
+    same app under uvicorn's own protocol (bench/stock_server.py)."""
     port = free_port()
     settings = {
         "MCDROPOUT_MODEL_PATH": str(folder),
@@ -94,14 +96,18 @@ def ours(folder: Path, env: dict[str, str]) -> Server:
         **env,
     }
     extra = " ".join(f"{k}={v}" for k, v in sorted(env.items()))
-    label = f"ours ({extra})" if extra else "ours"
-    argv = [sys.executable, "-m", "service"]
-    return Server("ours", label, argv, settings, "/health/ready", f"http://127.0.0.1:{port}")
+    name = "stock" if stock else "ours"
+    label = f"{name} ({extra})" if extra else name
+    if stock:
+        argv = [sys.executable, str(ROOT / "bench/stock_server.py")]
+    else:
+        argv = [sys.executable, "-m", "service"]
+    return Server(name, label, argv, settings, "/health/ready", f"http://127.0.0.1:{port}")
 
 
 def server_spec(name: str, checkpoint: Path, folder: Path, env: dict[str, str]) -> Server:
-    if name == "ours":
-        return ours(folder, env)
+    if name in ("ours", "stock"):
+        return ours(folder, env, stock=name == "stock")
     port = free_port()
     script = ROOT / "bench" / f"{name}_server.py"
     argv = [sys.executable, str(script), "--checkpoint", str(checkpoint), "--port", str(port)]
@@ -369,9 +375,10 @@ def int_list(text: str) -> tuple[int, ...]:
 
 def server_list(text: str) -> tuple[str, ...]:
     names = tuple(x.strip() for x in text.split(",") if x.strip())
-    unknown = sorted(set(names) - set(SERVERS))
+    known = (*SERVERS, "stock")
+    unknown = sorted(set(names) - set(known))
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"choose from {', '.join(SERVERS)}; got {text!r}")
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(known)}; got {text!r}")
     return names
 
 

@@ -1,16 +1,19 @@
-"""Peak memory of `python -m service` at the limits of its settings (issue 4, item 6d).
+"""Peak memory of `python -m service` at the limits of its settings (issue 4, item 6d), plain
+JSON bodies and gzipped ones that inflate to the body limit, alone and mixed (issue 17).
 
 Each case runs in a fresh server on 127.0.0.1: its requests are sent (all at once when
 concurrent), then the server's peak resident memory is read: VmHWM from /proc, summed over the
 server's processes (exact for one process, an upper bound for several), and the largest sums of
 VmRSS and of PSS polled every 10 ms (PSS counts the pages that workers share only once). The
-limits are those of service/settings.py with --env applied.
+limits are those of service/settings.py with --env applied. "body KB" is the largest body as
+sent (gzipped: compressed).
 Run: .venv/bin/python bench/peak_rss.py --checkpoint checkpoints/fashion-mlp.safetensors \
         [--concurrency 32] [--env MCDROPOUT_WORKERS=2] [--json peak.json]
 Exits 1 if a request fails or a peak RSS goes over --target-mb (1024 by default).
 """
 
 import argparse
+import gzip
 import json
 import sys
 import tempfile
@@ -32,11 +35,30 @@ from service.settings import Settings
 
 
 @dataclass(frozen=True)
+class Post:
+    route: str  # after the server's URL
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Case:
     name: str
-    route: str  # predict or uncertainty
-    body: bytes
+    posts: tuple[Post, ...]  # request i sends posts[i % len(posts)]
     requests: int  # all sent at once
+
+
+def v1(route: str, body: bytes) -> Post:
+    return Post(f"/v1/models/{MODEL}/{route}", body, {"Content-Type": "application/json"})
+
+
+def v2_gzip(images: np.ndarray, inflated: int) -> Post:
+    """A V2 eval request of images at full precision, padded with spaces to `inflated` bytes
+    of JSON, gzipped: a few KB that the server inflates."""
+    tensor = {"name": "images", "datatype": "FP32", "shape": list(images.shape)}
+    text = json.dumps({"inputs": [tensor | {"data": images.ravel().tolist()}]}).encode()
+    packed = gzip.compress(text.ljust(inflated))
+    return Post(f"/v2/models/{MODEL}/infer", packed, {"Content-Encoding": "gzip"})
 
 
 @dataclass(frozen=True)
@@ -73,24 +95,36 @@ def cases(s: Settings, concurrency: int) -> list[Case]:
     most = rng.random((s.max_instances, 784))
     mc_instances = max(1, min(s.max_instances, s.max_total_samples // s.max_samples))
     mc_samples = min(s.max_samples, s.max_total_samples // s.max_instances)
-    eval_body, full_body = body(most), body(most, pad_to=s.max_body_bytes)
-    mc_body = body(most[:mc_instances], s.max_samples)
-    wide_body = body(most, mc_samples)
-    c = concurrency
+    full = s.max_body_bytes
+    eval_post, full_post = v1("predict", body(most)), v1("predict", body(most, pad_to=full))
+    mc_post = v1("uncertainty", body(most[:mc_instances], s.max_samples))
+    wide_post = v1("uncertainty", body(most, mc_samples))
+    gzipped = v2_gzip(most, full)
+    c, flood = concurrency, 2 * concurrency
     return [
-        Case("idle, after one eval request", "predict", body(most[:1]), 1),
-        Case(f"eval, {s.max_instances} instances", "predict", eval_body, 1),
-        Case(f"eval, {s.max_instances} instances, {c} concurrent", "predict", eval_body, c),
+        Case("idle, after one eval request", (v1("predict", body(most[:1])),), 1),
+        Case(f"eval, {s.max_instances} instances", (eval_post,), 1),
+        Case(f"eval, {s.max_instances} instances, {c} concurrent", (eval_post,), c),
         Case(
             f"eval, {s.max_instances} instances, full precision, body of max_body_bytes, "
             f"{c} concurrent",
-            "predict",
-            full_body,
+            (full_post,),
             c,
         ),
-        Case(f"MC, {mc_instances} x {s.max_samples}", "uncertainty", mc_body, 1),
-        Case(f"MC, {mc_instances} x {s.max_samples}, {c} concurrent", "uncertainty", mc_body, c),
-        Case(f"MC, {s.max_instances} x {mc_samples}, {c} concurrent", "uncertainty", wide_body, c),
+        Case(
+            f"V2 eval, {s.max_instances} instances, full precision, gzipped, max_body_bytes "
+            f"once inflated, {flood} concurrent",
+            (gzipped,),
+            flood,
+        ),
+        Case(
+            f"half the V2 gzipped above, half v1 plain of max_body_bytes, {flood} concurrent",
+            (gzipped, full_post),
+            flood,
+        ),
+        Case(f"MC, {mc_instances} x {s.max_samples}", (mc_post,), 1),
+        Case(f"MC, {mc_instances} x {s.max_samples}, {c} concurrent", (mc_post,), c),
+        Case(f"MC, {s.max_instances} x {mc_samples}, {c} concurrent", (wide_post,), c),
     ]
 
 
@@ -147,16 +181,17 @@ def polling(pid: int, period: float = 0.01) -> Iterator[Peaks]:
 
 def send(url: str, case: Case) -> dict[str, int]:
     """Every request of the case at once; how many answered what other than 200."""
-    headers = {"Content-Type": "application/json"}
     pool_limits = httpx.Limits(max_connections=case.requests)
     with (
         httpx.Client(timeout=600, limits=pool_limits) as client,
         ThreadPoolExecutor(case.requests) as pool,
     ):
 
-        def one(_: int) -> str:
+        def one(i: int) -> str:
+            post = case.posts[i % len(case.posts)]
             try:
-                return str(client.post(url, content=case.body, headers=headers).status_code)
+                r = client.post(url + post.route, content=post.body, headers=post.headers)
+                return str(r.status_code)
             except httpx.HTTPError as e:
                 return type(e).__name__
 
@@ -166,13 +201,12 @@ def send(url: str, case: Case) -> dict[str, int]:
 
 def measure(case: Case, folder: Path, env: dict[str, str], log: Path) -> Result:
     server = ours(folder, env)
-    url = f"{server.url}/v1/models/{MODEL}/{case.route}"
     with running(server, log, timeout=120) as pid:
         ready = tree_mb(pid, "VmRSS")
         with polling(pid) as peaks:
-            errors = send(url, case)
+            errors = send(server.url, case)
         hwm = tree_mb(pid, "VmHWM")
-    size = len(case.body) / 1024
+    size = max(len(post.body) for post in case.posts) / 1024
     return Result(case.name, size, case.requests, errors, ready, hwm, peaks.rss_mb, peaks.pss_mb)
 
 

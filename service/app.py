@@ -10,12 +10,13 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.admin import admin
 from service.auth import ApiKey
 from service.batching import Batcher
+from service.body import BodyBudget, BodyGuard
 from service.observability import Metrics, RequestContext
 from service.registry import Registry
 from service.routes import health, operations, v1
@@ -24,67 +25,6 @@ from service.v2 import v2
 from service.web import static_files, web_routes
 
 log = logging.getLogger(__name__)
-
-
-class BodyBudget:
-    """At most `limit` bytes of request bodies in the server at once. Past it, a request waits
-    before its body is read, and TCP flow control holds the rest of it in the client. A body and
-    its parsed numbers take two to seven times its bytes (more for short numbers): 32 bodies of
-    8 MiB at once grew the server by 600 MB (docs/performance.md). Memory now stays bounded at
-    any concurrency."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit, self.used = limit, 0
-        self._freed = asyncio.Condition()
-
-    @asynccontextmanager
-    async def reserve(self, size: int) -> AsyncIterator[None]:
-        async with self._freed:
-            await self._freed.wait_for(lambda: self.used + size <= self.limit)
-            self.used += size
-        try:
-            yield
-        finally:
-            async with self._freed:
-                self.used -= size
-                self._freed.notify_all()
-
-
-class BodyLimit:
-    """413 for a body over the limit: Content-Length is checked first, then the bytes received.
-    Each request holds its size (declared, else the limit) of the budget until it is answered."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, budget: BodyBudget) -> None:
-        self.app, self.max_bytes, self.budget = app, max_bytes, budget
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = HTTPException(413, f"request body exceeds the limit of {self.max_bytes} bytes")
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length", b"")
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                raise too_large
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise too_large
-            return message
-
-        if declared.isdigit():
-            size = min(int(declared), self.max_bytes)
-        else:
-            size = self.max_bytes if b"transfer-encoding" in headers else 0
-        if size == 0:
-            await self.app(scope, limited, send)
-            return
-        async with self.budget.reserve(size):
-            await self.app(scope, limited, send)
 
 
 async def validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -157,11 +97,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await loading
         await batcher.stop()
 
-    app = FastAPI(
+    # /docs and /redoc from the assets fastapi-offline installs, not from a CDN: they work on a
+    # network without internet access, and load no third party's scripts.
+    app = FastAPIOffline(
         title="MC-dropout inference service",
         summary="Eval-mode predictions and Monte-Carlo-dropout uncertainty for the d2l.ai MLP",
         version="0.1.0",
         lifespan=lifespan,
+        static_url="/docs/assets",
     )
     app.state.registry = registry  # for the process's signal handling (service/__main__.py)
     app.include_router(health)
@@ -172,8 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web_routes(settings))
     app.mount("/static", static_files(), name="static")
     # The last added runs first: ids and metrics see every answer, 401 and 413 included.
-    budget = BodyBudget(settings.max_body_bytes_in_flight)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, budget=budget)
+    budget = BodyBudget(settings.max_body_bytes_in_flight, settings.max_body_bytes)
+    app.add_middleware(BodyGuard, settings=settings, budget=budget)
     if settings.api_key is not None:
         app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     app.add_middleware(RequestContext, metrics=metrics)

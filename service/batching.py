@@ -4,12 +4,12 @@ One worker per server takes jobs from a bounded queue in arrival order. It waits
 `batch_max_delay_ms` for more, up to `batch_max_instances` instances, then hands the batch to its
 runner: the inference process (service/inference.py, the default) or one inference thread of
 this process (`inference = "thread"`). Either runs `execute`:
-- eval jobs of one model as one forward pass over all their instances;
-- MC jobs, each with its own N and generator: on a GPU all of them in one engine call
-  (models/engine.py, `fuse`), on the CPU one after another. Merged on the CPU, 32 requests of
-  one image and N = 100 took 0.30 ms each against 0.38 ms (docs/performance.md): a gain that
-  does not show over HTTP, where the server process is the limit, and merging would make a
-  seed's numbers depend on the rest of the batch by float rounding.
+- on a GPU, the eval jobs of one model as one forward pass over all their instances, and the
+  MC jobs, each with its own N and generator, in one engine call (models/engine.py, `fuse`);
+- on the CPU, each job on its own, one after another. Merged on the CPU, 32 MC requests of one
+  image and N = 100 took 0.30 ms each against 0.38 ms (docs/performance.md): a gain that does
+  not show over HTTP, where the server process is the limit, and merging would make an answer
+  depend on the rest of the batch by float rounding (eval answers too).
 While the runner computes, the next requests queue up and form the next batch, so under load
 the batches grow with no delay at all.
 
@@ -107,12 +107,14 @@ Resolve = Callable[[Job, Any, BaseException | None], None]
 
 
 def execute(jobs: list[Job], resolve: Resolve) -> None:
-    """Runs in the inference thread, or the inference process: eval jobs merged per model, then
-    MC jobs, each group's answers handed back as soon as it is done."""
+    """Runs in the inference thread, or the inference process: eval jobs, then MC jobs, each
+    group's answers handed back as soon as it is done. A fusing engine (a GPU's) takes the jobs
+    of each mode in one call; otherwise each job runs alone, so that its answer is the same bits
+    whatever shares the batch (a matrix product's sums depend on its rows' count)."""
     evals: dict[int, list[Job]] = {}
     for job in jobs:
         if job.samples is None:
-            evals.setdefault(id(job.engine), []).append(job)
+            evals.setdefault(id(job.engine) if job.engine.fuse else id(job), []).append(job)
     for group in evals.values():
         try:
             probs = group[0].engine.predict(torch.cat([job.X for job in group])).cpu()
@@ -127,7 +129,6 @@ def execute(jobs: list[Job], resolve: Resolve) -> None:
     mc: dict[int, list[Job]] = {}
     for job in jobs:
         if job.samples is not None:
-            # A fusing engine (a GPU's) takes its jobs in one call, one by one otherwise.
             mc.setdefault(id(job.engine) if job.engine.fuse else id(job), []).append(job)
     for group in mc.values():
         try:

@@ -2,7 +2,8 @@
 
 The rules, in order (docs/web.md shows them with examples):
 1. PNG, JPEG, GIF, BMP or WebP; of an animated file, the first frame. The byte limit is checked
-   first, then the size the header declares against the pixel limit: nothing is decoded before.
+   first, then the size the header declares against the pixel and side limits: nothing is
+   decoded before.
 2. The EXIF orientation is applied (photos from phones).
 3. Grayscale: ITU-R 601-2 luma (Pillow's "L"); 16-bit gray becomes 8 bits (v / 257, rounded).
    Transparent pixels are background: composited on white behind a dark object and on black
@@ -46,7 +47,7 @@ class Converted:
     inverted: bool
 
 
-def _open(data: bytes, max_pixels: int) -> Image.Image:
+def _open(data: bytes, max_pixels: int, max_side: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -64,6 +65,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             f"the image is {width} x {height} = {width * height} pixels, over the limit of "
             f"{max_pixels}",
             too_large=True,
+        )
+    if max(width, height) > max_side:
+        raise ImageError(
+            f"the image is {width} x {height}: a side over the limit of {max_side}", too_large=True
         )
     try:
         image.load()  # the first frame only
@@ -129,7 +134,7 @@ def fit(gray: Image.Image) -> Image.Image:
     return canvas
 
 
-def convert(data: bytes, *, max_bytes: int, max_pixels: int) -> Converted:
+def convert(data: bytes, *, max_bytes: int, max_pixels: int, max_side: int) -> Converted:
     """The upload's 784 pixels, or ImageError with the reason."""
     if not data:
         raise ImageError("the file is empty")
@@ -137,7 +142,7 @@ def convert(data: bytes, *, max_bytes: int, max_pixels: int) -> Converted:
         raise ImageError(
             f"the file is {len(data)} bytes, over the limit of {max_bytes}", too_large=True
         )
-    with _open(data, max_pixels) as image:
+    with _open(data, max_pixels, max_side) as image:
         try:
             gray, alpha = _gray_and_alpha(image)
         except Exception:

@@ -39,6 +39,7 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 START_TIMEOUT = 120.0  # seconds for the child to import torch and say ready
 STOP_TIMEOUT = 10.0
+CHILD_IGNORES = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def frame(message: Any) -> bytes:
@@ -76,10 +77,12 @@ def default_torch_threads() -> int:
 
 def serve(inbox: Connection, outbox: Connection, settings: Settings) -> None:
     """The child process: registers engines, runs batches, until the server closes the pipe."""
-    # Ctrl-C in a terminal signals the whole process group, and SIGHUP is the server's reload:
-    # neither is for this process, which the server stops by closing the pipe.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Ctrl-C in a terminal and systemd's stop signal the whole process group, and SIGHUP is the
+    # server's reload: none is for this process, which the server stops by closing the pipe once
+    # its requests have drained. They were blocked since before it started (InferenceProcess).
+    for sig in CHILD_IGNORES:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, CHILD_IGNORES)
     configure_logging(settings.log_level)
     torch.set_num_threads(settings.torch_threads or default_torch_threads())
     reader: IO[bytes] = open(inbox.fileno(), "rb", closefd=False)  # noqa: SIM115
@@ -163,7 +166,14 @@ class InferenceProcess:
             name="mcdropout-inference",
             daemon=True,
         )
-        self.process.start()
+        # Blocked in this thread while the child is made, it inherits them blocked: a signal
+        # sent before it ignores them waits, and is then dropped, rather than killing it. Here
+        # the signal is delivered once unblocked.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, CHILD_IGNORES)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         child_inbox.close()  # the child's ends: its exit must close the pipes
         child_outbox.close()
         self._ready = loop.create_future()

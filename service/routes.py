@@ -118,10 +118,20 @@ class JSONRequest(Request):
             try:
                 self._json = pydantic_core.from_json(body)
             except ValueError:
-                self._json = json.loads(body)
-            # Without either token the pixels need no scan for booleans (service/pixels.py).
+                self._json = json.loads(utf8(body))
+            # Without either token the pixels need no scan for booleans (service/pixels.py):
+            # the bytes tell, as the text is UTF-8.
             setattr(self.state, JSON_BOOLEANS, b"true" in body or b"false" in body)
         return self._json
+
+
+def utf8(body: bytes) -> str:
+    """JSON text must be UTF-8 (RFC 8259): json.loads would also read UTF-16 and UTF-32, whose
+    tokens the byte checks above would miss."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HTTPException(400, f"the body is not UTF-8 text (JSON must be UTF-8): {e}") from None
 
 
 class JSONRoute(APIRoute):
@@ -140,16 +150,21 @@ v1 = APIRouter(prefix="/v1/models", tags=["v1"], route_class=JSONRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorDetail, "description": "Missing or invalid API key (when one is set)"},
-    400: {"model": ErrorDetail, "description": "A body that is not JSON text (e.g. not UTF-8)"},
+    400: {
+        "model": ErrorDetail,
+        "description": "A body that is not UTF-8 text, or not valid gzip or deflate data",
+    },
     404: {"model": ErrorDetail, "description": "Unknown model"},
+    408: {"model": ErrorDetail, "description": "The body did not arrive in time"},
     413: {
         "model": ErrorDetail,
-        "description": "Body, instances or instances x samples over limits",
+        "description": "Body (once inflated) or instances x samples over the limits",
     },
+    415: {"model": ErrorDetail, "description": "A Content-Encoding other than gzip or deflate"},
     503: {
         "model": ErrorDetail,
-        "description": "Not ready, overloaded (the queue is full), or the inference process "
-        "restarting; with Retry-After",
+        "description": "Not ready, overloaded (the queue or the body budget is full), or the "
+        "inference process restarting; with Retry-After",
     },
     504: {"model": ErrorDetail, "description": "The request took longer than the timeout"},
 }
@@ -224,7 +239,7 @@ def _pixels(
         raise invalid(["instances", e.index], str(e)) from None
 
 
-# Inference runs in the batcher's thread (service/batching.py), never on the event loop.
+# Inference runs in the batcher's runner (service/batching.py), never on the event loop.
 @v1.post("/{model}/predict", responses=ERRORS)
 async def predict(body: PredictRequest, call: ModelCallDep) -> PredictResponse:
     """Eval-mode prediction: dropout off, deterministic."""

@@ -1,6 +1,6 @@
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
 
 from service.pixels import FEATURES, SHAPE_HINT, SIDE
 
@@ -39,23 +39,17 @@ Instance = Annotated[
 MAX_SEED = 2**53 - 1
 
 
-def _not_bool(value: Any) -> Any:
-    # Pydantic's lax int reads true/false as 1/0; JSON Schema's integer (2.0 is one) does not.
-    if isinstance(value, bool):
-        raise ValueError("must be an integer, not true/false")
-    return value
-
-
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instances: list[Instance] = Field(min_length=1)
 
 
 class UncertaintyRequest(PredictRequest):
-    samples: Annotated[int, Field(ge=1), BeforeValidator(_not_bool)] | None = Field(
+    # JSON integers only, as V2 takes them: not "100", 1e3, 100.0 or true.
+    samples: Annotated[StrictInt, Field(ge=1)] | None = Field(
         None, description="stochastic passes N; default per model"
     )
-    seed: Annotated[int, Field(ge=0, le=MAX_SEED), BeforeValidator(_not_bool)] | None = Field(
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
         None, description="makes the answer reproducible"
     )
 

@@ -7,6 +7,7 @@ checked here rather than by FastAPI. Every error is {"error": "..."}, as the pro
 import json
 import logging
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import torch
@@ -18,11 +19,11 @@ from starlette.exceptions import HTTPException
 from service.pixels import FEATURES
 from service.registry import Registry, ServedModel
 from service.routes import BatcherDep
-from service.v2_infer import INPUT, OUTPUTS, check_limits, pixel_input, plan, run
+from service.settings import Settings
+from service.v2_infer import INPUT, OUTPUTS, Plan, check_limits, pixel_input, plan, run
 from service.v2_tensors import (
     V2Error,
     check_pixel_shape,
-    decompress,
     encode_response,
     parse_request,
     read_pixels,
@@ -74,13 +75,14 @@ V2_ERROR_TEXT = {
     400: "Bad request: the message names the field and the reason",
     401: "Missing or invalid API key (when one is set)",
     404: "Unknown model or version",
-    413: "Body or tensor over the limits",
+    408: "The body did not arrive in time",
+    413: "Body (once inflated) or tensor over the limits",
     415: "Unsupported Content-Encoding",
-    503: "Not ready, or overloaded: the queue is full (with Retry-After)",
+    503: "Not ready, or overloaded: the queue or the body budget is full (with Retry-After)",
     504: "The request took longer than the timeout",
 }
 MODEL_ERRORS = _errors(400, 401, 404, 503)
-INFER_ERRORS = _errors(400, 401, 404, 413, 415, 503, 504)
+INFER_ERRORS = _errors(400, 401, 404, 408, 413, 415, 503, 504)
 # The versioned routes share their function with the plain ones, which read the version from
 # the path themselves: declare it for the schema.
 VERSION = {
@@ -115,16 +117,6 @@ async def get_model(request: Request, model: str, registry: RegistryDep) -> Serv
 
 
 ModelDep = Annotated[ServedModel, Depends(get_model)]
-
-
-async def raw_body(request: Request) -> bytes:
-    try:
-        return await request.body()
-    except HTTPException as e:  # the body limit's 413, raised while the body streams in
-        raise V2Error(e.status_code, str(e.detail)) from None
-
-
-BodyDep = Annotated[bytes, Depends(raw_body)]
 
 
 @v2.get("")
@@ -179,15 +171,23 @@ def model_ready(served: ModelDep) -> dict[str, Any]:
     return {"name": served.name, "ready": True}
 
 
-# Inference runs in the batcher's thread (service/batching.py), never on the event loop.
-@v2.post("/models/{model}/infer", responses=INFER_ERRORS)
-@v2.post("/models/{model}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=VERSION)
-async def infer(
-    served: ModelDep, registry: RegistryDep, raw: BodyDep, request: Request, batcher: BatcherDep
-) -> Response:
-    """Eval mode, or MC dropout with the parameter mc_samples; JSON or binary tensors."""
-    settings = registry.settings
-    raw = decompress(raw, request.headers.get("content-encoding"), settings.max_body_bytes)
+@dataclass(frozen=True)
+class Call:
+    """What an infer request asks for, and all it keeps of its body while the engine works."""
+
+    X: torch.Tensor  # [instances, 784] float32
+    plan: Plan
+    head: dict[str, Any]  # of the response: model, version, id, parameters
+
+
+async def read_body(request: Request) -> bytes:
+    """The whole body, not kept by the request (Starlette's body() would keep it)."""
+    return b"".join([chunk async for chunk in request.stream()])
+
+
+def parse_call(raw: bytes, request: Request, served: ServedModel, settings: Settings) -> Call:
+    """The body checked and converted. The raw bytes, the JSON and its parsed numbers die here,
+    before the request waits for the engine: only the pixels wait."""
     header, binary = split_body(raw, request.headers.get("inference-header-content-length"))
     body = parse_request(header)
     asked = plan(body, served, settings)
@@ -201,7 +201,19 @@ async def infer(
         head["parameters"] = {"mc_samples": asked.samples}
         if asked.seed is not None:
             head["parameters"]["seed"] = asked.seed
-    content, header_length = encode_response(head, await run(served, X, asked, batcher))
+    return Call(X, asked, head)
+
+
+# Inference runs in the batcher's runner (service/batching.py), never on the event loop.
+@v2.post("/models/{model}/infer", responses=INFER_ERRORS)
+@v2.post("/models/{model}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=VERSION)
+async def infer(
+    served: ModelDep, registry: RegistryDep, request: Request, batcher: BatcherDep
+) -> Response:
+    """Eval mode, or MC dropout with the parameter mc_samples; JSON or binary tensors."""
+    call = parse_call(await read_body(request), request, served, registry.settings)
+    outputs = await run(served, call.X, call.plan, batcher)
+    content, header_length = encode_response(call.head, outputs)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

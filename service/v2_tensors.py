@@ -8,7 +8,6 @@ extension, which tritonclient uses by default). Numbers are little-endian, row-m
 import itertools
 import json
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -66,27 +65,6 @@ class InferenceRequest(_Strict):
     outputs: list[RequestedOutput] | None = None
 
 
-def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
-    """gzip or deflate (zlib) bodies, as tritonclient sends them, inflated up to max_bytes."""
-    encoding = (encoding or "identity").strip().lower()  # content codings ignore case
-    if encoding == "identity":
-        return body
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding)
-    if wbits is None:
-        raise V2Error(415, f"Content-Encoding {encoding!r} is not supported: use gzip or deflate")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        # Bounded: a small compressed body must not inflate past the body limit.
-        out = inflater.decompress(body, max_bytes + 1)
-    except zlib.error as e:
-        raise bad(f"the body is not valid {encoding} data: {e}") from None
-    if len(out) > max_bytes:
-        raise V2Error(413, f"request body exceeds the limit of {max_bytes} bytes once inflated")
-    if not inflater.eof:
-        raise bad(f"the body is truncated {encoding} data")
-    return out
-
-
 def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     """The JSON header and the binary part that follows it (empty without the extension)."""
     if header_length is None:
@@ -101,9 +79,14 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 
 
 def parse_request(header: bytes) -> InferenceRequest:
+    """The JSON header, which must be UTF-8 as RFC 8259 asks (json.loads would take UTF-16)."""
     try:
-        document = json.loads(header)
-    except (UnicodeDecodeError, ValueError) as e:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad(f"the body is not UTF-8 text (JSON must be UTF-8): {e}") from None
+    try:
+        document = json.loads(text)
+    except ValueError as e:
         raise bad(f"the body is not valid JSON: {e}") from None
     except RecursionError:
         raise bad("the body's JSON is nested too deeply") from None

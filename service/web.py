@@ -2,14 +2,15 @@
 Fashion-MNIST's form by service/image.py, answered as the JSON routes answer those pixels."""
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from service.image import FORMATS, Converted, ImageError, convert
@@ -50,10 +51,37 @@ IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+# The page and its files (it takes an API key): only its own scripts, styles and requests, no
+# inline code, never in a frame, its address never sent elsewhere, types as declared.
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class PageFiles(StaticFiles):
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(PAGE_HEADERS)
+        return response
+
+
 def static_files() -> StaticFiles:
     """The page's scripts, styles and example images, mounted at /static. Without them (a
     package built without its data files) the API still serves; the page is 404."""
-    return StaticFiles(directory=STATIC, check_dir=False)
+    return PageFiles(directory=STATIC, check_dir=False)
+
+
+def form_integer(value: Any) -> Any:
+    """A form's integer is decimal digits, maybe after a minus: pydantic would also read "100.0",
+    "+100", " 100" or "1_000"."""
+    if isinstance(value, str) and not re.fullmatch(r"-?[0-9]+", value):
+        raise ValueError("Input should be a valid integer: decimal digits only")
+    return value
 
 
 # Images decoded at once: each may take up to about 130 MB at the pixel limit (a 4096^2 RGBA
@@ -69,7 +97,11 @@ async def _convert(file: UploadFile, settings: Settings, decoding: asyncio.Semap
     try:
         async with decoding:  # CPU work: off the event loop, DECODERS at a time
             return await run_in_threadpool(
-                convert, data, max_bytes=limit, max_pixels=settings.max_image_pixels
+                convert,
+                data,
+                max_bytes=limit,
+                max_pixels=settings.max_image_pixels,
+                max_side=settings.max_image_side,
             )
     except ImageError as e:
         if e.too_large:
@@ -83,8 +115,9 @@ def web_routes(settings: Settings) -> APIRouter:
     router = APIRouter()
     decoding = asyncio.Semaphore(DECODERS)
     upload = (
-        f"An image: {', '.join(FORMATS)}; at most {settings.max_image_bytes} bytes and "
-        f"{settings.max_image_pixels} pixels. Converted as docs/web.md says."
+        f"An image: {', '.join(FORMATS)}; at most {settings.max_image_bytes} bytes, "
+        f"{settings.max_image_pixels} pixels and {settings.max_image_side} pixels a side. "
+        "Converted as docs/web.md says."
     )
     Upload = Annotated[UploadFile, File(description=upload)]
     # A form field has no null: leaving it out is how to say "none" (the schema says so).
@@ -92,12 +125,14 @@ def web_routes(settings: Settings) -> APIRouter:
     Samples = Annotated[
         int | None,
         Form(ge=1, le=settings.max_samples),
+        BeforeValidator(form_integer),
         WithJsonSchema(n | {"description": "stochastic passes N; default per model"}),
     ]
     seed = {"type": "integer", "minimum": 0, "maximum": MAX_SEED}
     Seed = Annotated[
         int | None,
         Form(ge=0, le=MAX_SEED),
+        BeforeValidator(form_integer),
         WithJsonSchema(seed | {"description": "makes the answer reproducible"}),
     ]
 
@@ -106,7 +141,7 @@ def web_routes(settings: Settings) -> APIRouter:
         index = STATIC / "index.html"
         if not index.is_file():
             raise HTTPException(404, "the web page is not installed (service/static/)")
-        return FileResponse(index)
+        return FileResponse(index, headers=PAGE_HEADERS)
 
     @router.post("/v1/models/{model}/preprocess/image", tags=["v1"], responses=IMAGE_ERRORS)
     async def preprocess_image(

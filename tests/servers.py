@@ -50,26 +50,46 @@ def free_port() -> int:
         return port
 
 
-@contextmanager
-def serve_process(
-    model_path: Path, settings: dict[str, str] | None = None
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """(URL, process) once the server is live (ready or not: see wait_until_ready)."""
+def start_server(
+    model_path: Path, settings: dict[str, str] | None = None, log: Path | None = None
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """(URL, process) of a new `python -m service` in a session (and process group) of its
+    own, once live. Its log (JSON lines) goes to `log` if given, at the settings' LOG_LEVEL."""
     port = free_port()
     env = os.environ | {
         "MCDROPOUT_MODEL_PATH": str(model_path),
         "MCDROPOUT_PORT": str(port),
         "MCDROPOUT_LOG_LEVEL": "warning",
+        "MCDROPOUT_SHUTDOWN_DELAY_SECONDS": "0.2",  # tests stop many servers
     }
     env |= {f"MCDROPOUT_{name}": value for name, value in (settings or {}).items()}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], env=env)
+    with open(log or os.devnull, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"],
+            env=env,
+            stderr=out if log else None,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url, "/health/live", proc=proc)
+    except BaseException:
+        proc.kill()
+        raise
+    return url, proc
+
+
+@contextmanager
+def serve_process(
+    model_path: Path, settings: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """(URL, process) once the server is live (ready or not: see wait_until_ready)."""
+    url, proc = start_server(model_path, settings, log)
+    try:
         yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0  # a graceful stop (service/__main__.py)
+        assert proc.wait(timeout=30) == 0  # a graceful stop (service/server.py)
 
 
 @contextmanager

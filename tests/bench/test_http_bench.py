@@ -1,5 +1,6 @@
-"""bench/http_bench.py end to end, briefly: `ours` and `naive` on a tiny checkpoint, concurrency
-1 and 4, one second a row. Needs wrk or hey, the load generators the benchmark drives."""
+"""bench/http_bench.py end to end, briefly: `ours`, `stock` (ours under uvicorn's own protocol)
+and `naive` on a tiny checkpoint, concurrency 1 and 4, one second a row. Needs wrk or hey, the
+load generators the benchmark drives."""
 
 import json
 import os
@@ -15,7 +16,7 @@ from tests.service.conftest import write_tiny_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_quick_run_measures_ours_and_naive_without_errors(tmp_path: Path) -> None:
+def test_quick_run_measures_ours_stock_and_naive_without_errors(tmp_path: Path) -> None:
     if shutil.which("wrk") is None and shutil.which("hey") is None:
         reason = "needs wrk or hey on PATH (Debian: apt-get install wrk hey)"
         if os.environ.get("CI"):
@@ -25,7 +26,7 @@ def test_quick_run_measures_ours_and_naive_without_errors(tmp_path: Path) -> Non
     argv = [
         sys.executable, str(ROOT / "bench" / "http_bench.py"), "--quick",
         "--checkpoint", str(write_tiny_checkpoint(tmp_path / "tiny.safetensors")),
-        "--servers", "ours,naive", "--concurrency", "1,4", "--duration", "1",
+        "--servers", "ours,stock,naive", "--concurrency", "1,4", "--duration", "1",
         "--json", str(out),
     ]  # fmt: skip
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
@@ -41,7 +42,7 @@ def test_quick_run_measures_ours_and_naive_without_errors(tmp_path: Path) -> Non
     rows = result["rows"]
     assert {(r["server"], r["endpoint"], r["concurrency"]) for r in rows} == {
         (server, endpoint, c)
-        for server in ("ours", "naive")
+        for server in ("ours", "stock", "naive")
         for endpoint in ("eval", "uncertainty N=100")
         for c in (1, 4)
     }

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from starlette.exceptions import HTTPException
 
 from models.checkpoint import load_checkpoint
 from models.engine import Engine
@@ -181,8 +182,12 @@ def test_non_finite_is_422(client: TestClient, token: str) -> None:
         ({"instances": images(1), "samples": 2.5}, ["body", "samples"], "valid integer"),
         ({"instances": images(1), "seed": -1}, ["body", "seed"], "greater than or equal to 0"),
         ({"instances": images(1), "seed": 2**53}, ["body", "seed"], "less than or equal to"),
-        ({"instances": images(1), "seed": True}, ["body", "seed"], "not true/false"),
-        ({"instances": images(1), "samples": False}, ["body", "samples"], "not true/false"),
+        # JSON integers only, as V2 takes them.
+        ({"instances": images(1), "seed": True}, ["body", "seed"], "valid integer"),
+        ({"instances": images(1), "samples": False}, ["body", "samples"], "valid integer"),
+        ({"instances": images(1), "samples": "100"}, ["body", "samples"], "valid integer"),
+        ({"instances": images(1), "samples": 100.0}, ["body", "samples"], "valid integer"),
+        ({"instances": images(1), "seed": "7"}, ["body", "seed"], "valid integer"),
     ],
 )
 def test_bad_parameters_are_422(
@@ -381,15 +386,30 @@ def test_calibrated_model_applies_temperatures_and_abstains(tmp_path: Path) -> N
         '{"x": 1e400, "y": 5e-324}',
     ],
 )
-@pytest.mark.parametrize("encoding", ["utf-8", "utf-16", "utf-8-sig"])
-def test_json_bodies_parse_exactly_as_the_json_module_parses_them(text: str, encoding: str) -> None:
-    body = text.encode(encoding)
+def test_json_bodies_parse_exactly_as_the_json_module_parses_them(text: str) -> None:
+    parsed = parse_json(text.encode())
+    expected = json.loads(text)
+    assert json.dumps(parsed) == json.dumps(expected)  # NaN-safe and type-exact comparison
+    assert [type(v) for v in parsed.values()] == [type(v) for v in expected.values()]
 
+
+def parse_json(body: bytes) -> Any:
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
     request = JSONRequest({"type": "http", "method": "POST", "headers": []}, receive)
-    parsed = asyncio.run(request.json())
-    expected = json.loads(body)
-    assert json.dumps(parsed) == json.dumps(expected)  # NaN-safe and type-exact comparison
-    assert [type(v) for v in parsed.values()] == [type(v) for v in expected.values()]
+    return asyncio.run(request.json())
+
+
+def test_json_bodies_must_be_utf8() -> None:
+    # json.loads reads UTF-16 and UTF-32, where a true is no b"true" for the booleans check.
+    text = json.dumps({"instances": [[True] * 784]})
+    for encoding in ("utf-16", "utf-32"):  # with their byte order marks
+        with pytest.raises(HTTPException, match="the body is not UTF-8 text") as caught:
+            parse_json(text.encode(encoding))
+        assert caught.value.status_code == 400
+    # Without a mark, valid UTF-8 (ASCII and NULs), but not JSON: 422 json_invalid.
+    with pytest.raises(json.JSONDecodeError, match="Expecting value"):
+        parse_json(text.encode("utf-16-be"))
+    with pytest.raises(json.JSONDecodeError, match="Unexpected UTF-8 BOM"):
+        parse_json(text.encode("utf-8-sig"))

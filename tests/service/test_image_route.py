@@ -18,7 +18,7 @@ from PIL import Image, ImageFile
 from pydantic import SecretStr
 
 import service.web
-from service.image import ImageError, convert
+from service.image import Converted, ImageError, convert
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready
 
@@ -27,13 +27,18 @@ PREPROCESS = "/v1/models/tiny/preprocess/image"
 UNCERTAINTY = "/v1/models/tiny/uncertainty"
 MAX_BYTES = 150_000  # under the tests' body limit (200 000), so that this limit answers
 MAX_PIXELS = 3_000_000  # 2000 x 1000 passes, 2000 x 2000 does not
+MAX_SIDE = 2500  # 2400 x 1 passes, 2600 x 1 does not
 U8 = npt.NDArray[np.uint8]
 
 
 @pytest.fixture
 def image_settings(settings: Settings) -> Settings:
     return settings.model_copy(
-        update={"max_image_bytes": MAX_BYTES, "max_image_pixels": MAX_PIXELS}
+        update={
+            "max_image_bytes": MAX_BYTES,
+            "max_image_pixels": MAX_PIXELS,
+            "max_image_side": MAX_SIDE,
+        }
     )
 
 
@@ -62,8 +67,12 @@ def blob(shape: tuple[int, int], seed: int | None = 0) -> U8:
     return np.where(inside, texture, 0).astype(np.uint8)
 
 
+def limited(data: bytes, max_pixels: int = MAX_PIXELS) -> Converted:
+    return convert(data, max_bytes=MAX_BYTES, max_pixels=max_pixels, max_side=MAX_SIDE)
+
+
 def to_pixels(data: bytes) -> npt.NDArray[np.float32]:
-    return convert(data, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS).pixels.reshape(28, 28)
+    return limited(data).pixels.reshape(28, 28)
 
 
 def post(client: TestClient, data: bytes, route: str = IMAGE, **form: Any) -> Any:
@@ -142,7 +151,7 @@ def test_a_28x28_gray_image_is_its_pixels_over_255() -> None:
 def test_a_light_background_is_inverted() -> None:
     v = np.full((28, 28), 255, np.uint8)
     v[8:20, 5:15] = 40  # a dark object on white, as in a product photo
-    converted = convert(encode(Image.fromarray(v, "L")), max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+    converted = limited(encode(Image.fromarray(v, "L")))
     assert converted.inverted
     expected = np.zeros((28, 28), np.float32)
     expected[8:20, 5:15] = np.float32(215 / 255)
@@ -153,8 +162,8 @@ def test_the_border_median_decides_the_inversion() -> None:
     # An object touching the border does not flip the decision: the median is the background.
     v = np.zeros((28, 28), np.uint8)
     v[:, 10:18] = 250
-    assert not convert(encode(Image.fromarray(v)), max_bytes=MAX_BYTES, max_pixels=10**6).inverted
-    assert convert(encode(Image.fromarray(255 - v)), max_bytes=MAX_BYTES, max_pixels=10**6).inverted
+    assert not limited(encode(Image.fromarray(v)), max_pixels=10**6).inverted
+    assert limited(encode(Image.fromarray(255 - v)), max_pixels=10**6).inverted
 
 
 def test_fit_keeps_the_aspect_ratio_and_centres_on_black() -> None:
@@ -180,7 +189,7 @@ def test_the_background_becomes_black() -> None:
     np.testing.assert_array_equal(pixels[v == 75], np.float32(round(45 * 255 / 225) / 255))
     np.testing.assert_array_equal(pixels[v == 255], np.float32(1))
     # A light-gray background is inverted first, then taken to black.
-    converted = convert(encode(Image.fromarray(255 - v)), max_bytes=MAX_BYTES, max_pixels=10**6)
+    converted = limited(encode(Image.fromarray(255 - v)), max_pixels=10**6)
     assert converted.inverted
     np.testing.assert_array_equal(converted.pixels.reshape(28, 28), pixels)
 
@@ -221,7 +230,7 @@ def test_transparency_is_background() -> None:
         gray = np.full((28, 28), shade, np.uint8)
         la = Image.merge("LA", (Image.fromarray(gray), Image.fromarray(alpha)))
         for image in (la, la.convert("RGBA")):
-            converted = convert(encode(image), max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+            converted = limited(encode(image))
             pixels = converted.pixels.reshape(28, 28)
             assert not pixels[alpha == 0].any()  # the background is black either way
             object_shade = 255 - shade if shade < 128 else shade
@@ -252,7 +261,7 @@ def test_the_exif_orientation_is_applied() -> None:
     wide = Image.fromarray(blob((14, 28)))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    converted = convert(encode(wide, exif=exif), max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+    converted = limited(encode(wide, exif=exif))
     assert (converted.width, converted.height) == (14, 28)
 
 
@@ -269,20 +278,22 @@ def test_the_exif_orientation_is_applied() -> None:
 )
 def test_bad_files_are_refused_with_the_reason(data: bytes, reason: str) -> None:
     with pytest.raises(ImageError, match=reason) as caught:
-        convert(data, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+        limited(data)
     assert not caught.value.too_large
 
 
 def test_limits_are_checked_before_decoding(decodes: list[tuple[int, int]]) -> None:
     for data, fragment in [
         (png_header(2000, 2000), "2000 x 2000 = 4000000 pixels, over the limit of 3000000"),
+        (png_header(2600, 1), "2600 x 1: a side over the limit of 2500"),
+        (png_header(1, 2600), "1 x 2600: a side over the limit of 2500"),
         (png_header(10_000, 10_000), "more pixels than the limit"),  # Pillow's warning
         (png_header(100_000, 100_000), "more pixels than the limit"),  # Pillow's error
         (zip_bomb_png(20_000), "more pixels than the limit"),
         (bytes(MAX_BYTES + 1), f"over the limit of {MAX_BYTES}"),
     ]:
         with pytest.raises(ImageError, match=fragment) as caught:
-            convert(data, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS)
+            limited(data)
         assert caught.value.too_large
     assert decodes == []
     to_pixels(encode(Image.new("L", (30, 20))))
@@ -377,6 +388,10 @@ def test_defaults_for_samples_and_seed(client: TestClient) -> None:
         ({"samples": "true"}, "samples", "valid integer"),
         ({"samples": "1.5"}, "samples", "integer"),
         ({"samples": "ten"}, "samples", "valid integer"),
+        ({"samples": "100.0"}, "samples", "valid integer"),
+        ({"samples": "+100"}, "samples", "valid integer"),
+        ({"samples": "1_0"}, "samples", "valid integer"),
+        ({"samples": " 10"}, "samples", "valid integer"),
         ({"samples": "0"}, "samples", "greater than or equal to 1"),
         ({"samples": "501"}, "samples", "less than or equal to 500"),
         ({"seed": "false"}, "seed", "valid integer"),

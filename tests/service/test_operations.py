@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -18,9 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.checkpoint import save_checkpoint
 from models.mlp import MLPConfig, build_model
-from service.__main__ import Server
 from service.app import create_app
 from service.observability import JsonFormatter
+from service.server import Config, Server
 from service.settings import Settings
 from tests.servers import free_port, wait_until_ready
 from tests.service.conftest import make_client, wait_ready, write_tiny_checkpoint
@@ -135,17 +136,23 @@ def test_draining_turns_readiness_to_503(client: TestClient) -> None:
     assert client.post(PREDICT, json={"instances": images(1)}).status_code == 200
 
 
-def test_sigterm_handler_drains_then_stops(model_dir: Path) -> None:
-    import uvicorn
-
+def test_a_signal_drains_then_stops_after_the_delay(model_dir: Path) -> None:
+    settings = Settings(model_path=model_dir, shutdown_delay_seconds=0.3)
     drained: list[bool] = []
-    server = Server(
-        uvicorn.Config(create_app(Settings(model_path=model_dir))), lambda: drained.append(True)
-    )
+    server = Server(Config(create_app(settings), settings), lambda: drained.append(True))
     server.handle_exit(signal.SIGTERM, None)
     assert drained == [True]
-    assert server.should_exit
+    # Listening and answering (readiness 503) until the delay is over, then uvicorn's stop.
+    assert not asyncio.run(server.on_tick(1))
+    assert not server.should_exit
+    time.sleep(0.3)
+    assert asyncio.run(server.on_tick(1))
     assert not server.force_exit
+    server.handle_exit(signal.SIGTERM, None)  # another SIGTERM changes nothing
+    assert drained == [True]
+    assert not server.force_exit
+    server.handle_exit(signal.SIGINT, None)  # a second Ctrl-C stops at once
+    assert server.force_exit
 
 
 def test_sigterm_lets_requests_in_flight_finish_and_exits_0(tmp_path: Path) -> None:

@@ -470,9 +470,12 @@ def test_encodings_and_json_errors_are_named(client: TestClient) -> None:
     assert error_of(client.post(INFER, content=b'{"inputs": [')).startswith(
         "the body is not valid JSON: "
     )
-    assert error_of(client.post(INFER, content=b"\xff\xfe")).startswith(
-        "the body is not valid JSON: "
-    )
+    # JSON must be UTF-8 (RFC 8259): json.loads alone would take UTF-16 and UTF-32.
+    for encoding in ("utf-16", "utf-32"):
+        text = json.dumps({"inputs": [tensor(np.zeros((1, 784)))]}).encode(encoding)
+        assert error_of(client.post(INFER, content=text)).startswith(
+            "the body is not UTF-8 text (JSON must be UTF-8): "
+        )
     deep = b'{"inputs": ' + b"[" * 10_000 + b"]" * 10_000 + b"}"
     assert error_of(client.post(INFER, content=deep)) == "the body's JSON is nested too deeply"
     r = client.post(INFER, content=b"{}", headers={"Content-Encoding": "br"})
