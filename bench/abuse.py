@@ -3,23 +3,26 @@ each attack, the load the other clients held (wrk, eval requests) beside a run w
 the server's peak resident memory, and what the attackers got.
 
 Run: .venv/bin/python bench/abuse.py --checkpoint checkpoints/fashion-mlp.safetensors \
-        [--attackers 300] [--duration 10] [--root DIR] [--json abuse.json]
+        [--attackers 300] [--duration 10] [--root DIR] [--env KEY=VALUE] [--json abuse.json]
 --root runs the server of another checkout (a git worktree of an earlier commit, say) with this
 script's attacks, for a before-and-after table. The server runs with its default settings, but a
-log level of warning. Attacks (each for --duration seconds, every attacker starting again once
-answered or cut off):
+log level of warning and the MCDROPOUT_* settings of --env. Attacks (each for --duration
+seconds, every attacker starting again once answered or cut off):
 - slow bodies: POSTs that declare an 8 MiB body and send one byte a second;
 - stalled bodies: the same, one byte and then nothing;
 - slow headers: a header line a second, never the end of the headers;
 - huge headers: 8 connections sending unfinished headers as fast as they can, 50 MB each;
 - idle connections: connections that send nothing;
 - gzip flood: 60 at a time, V2 requests of 8.7 KB that inflate to 8 MiB of JSON;
-- hang-ups: half a body, then the connection closed.
+- hang-ups: half a body, then the connection closed;
+- wide images: 4 at a time, uploads of a 1 x 16,777,216 PNG;
+- large images: 4 at a time, uploads of a 4096 x 4096 PNG.
 """
 
 import argparse
 import asyncio
 import gzip
+import io
 import json
 import os
 import platform
@@ -35,9 +38,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
-from http_bench import MODEL, ROOT, free_port, model_folder, wait_ready, write_bodies
+import numpy as np
+from http_bench import MODEL, ROOT, free_port, key_value, model_folder, wait_ready, write_bodies
 from loadgen import Row, run_wrk
 from peak_rss import tree_mb
+from PIL import Image
 
 Attack = Callable[[str, int, threading.Event, Counter[str]], Awaitable[None]]
 MIB = 1024 * 1024
@@ -162,6 +167,29 @@ def gzip_flood() -> Attack:
     return run
 
 
+def uploads(image: bytes) -> Attack:
+    """An attacker that uploads image to the image route again and again."""
+
+    async def run(url: str, port: int, stop: threading.Event, seen: Counter[str]) -> None:
+        route = f"{url}/v1/models/{MODEL}/uncertainty/image"
+        async with httpx.AsyncClient(timeout=60) as client:
+            while not stop.is_set():
+                r = await client.post(route, files={"file": ("a.png", image)})
+                seen[str(r.status_code)] += 1
+
+    return run
+
+
+def png(pixels: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG", compress_level=9)
+    return out.getvalue()
+
+
+# 1 x 16,777,216 black pixels, and 4096 x 4096 of a shaded square: each at the default pixel
+# limit, in a few tens of KB of PNG.
+WIDE = png(np.zeros((1, 4096 * 4096), np.uint8))
+SQUARE = png((np.add.outer(np.arange(4096), np.arange(4096)) * 100 // 4096).astype(np.uint8))
 SLOW_BODY = post_head(PREDICT, 8 * MIB) + b"{"
 SLOW_HEAD = b"GET /health/live HTTP/1.1\r\nHost: bench\r\n"
 HUGE_HEAD = b"GET /health/live HTTP/1.1\r\nX-Huge: "
@@ -179,6 +207,8 @@ ATTACKS: dict[str, tuple[Attack, int | None]] = {  # name: (attacker, how many; 
     "idle connections": (repeatedly(lambda: b"", sending(lambda i: b"", 0.5)), None),
     "gzip flood": (gzip_flood(), 60),
     "hang-ups": (hang_up(), 32),
+    "wide images": (uploads(WIDE), 4),
+    "large images": (uploads(SQUARE), 4),
 }
 
 
@@ -220,14 +250,17 @@ def peak(pid: int) -> Iterator[list[float]]:
 
 
 @contextmanager
-def server(root: Path, folder: Path, log: Path) -> Iterator[tuple[str, int, int]]:
-    """(URL, port, PID) of `python -m service` from root's checkout."""
+def server(
+    root: Path, folder: Path, log: Path, settings: dict[str, str]
+) -> Iterator[tuple[str, int, int]]:
+    """(URL, port, PID) of `python -m service` from root's checkout, with extra settings."""
     port = free_port()
     env = os.environ | {
         "PYTHONPATH": str(root),
         "MCDROPOUT_MODEL_PATH": str(folder),
         "MCDROPOUT_PORT": str(port),
         "MCDROPOUT_LOG_LEVEL": "warning",
+        **settings,
     }
     with log.open("wb") as out:
         argv = [sys.executable, "-m", "service"]
@@ -252,6 +285,7 @@ def main() -> None:
     p.add_argument("--attackers", type=int, default=300)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated names")
+    p.add_argument("--env", type=key_value, action="append", default=[], help="KEY=VALUE")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     names = [a.strip() for a in args.attacks.split(",") if a.strip()]
@@ -261,7 +295,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="abuse-") as work:
         folder = model_folder(Path(work), args.checkpoint)
         eval_bodies = write_bodies(Path(work), 100)[0].bodies
-        with server(args.root.resolve(), folder, Path(work) / "server.log") as (url, port, pid):
+        log = Path(work) / "server.log"
+        with server(args.root.resolve(), folder, log, dict(args.env)) as (url, port, pid):
             print(f"{platform.machine()}, {os.cpu_count()} cores, server from {args.root}")
             measure(url, eval_bodies, 2)  # warm-up
             with peak(pid) as rss:

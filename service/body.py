@@ -19,6 +19,7 @@ import logging
 import time
 import zlib
 
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +31,7 @@ CLOSE = {"Connection": "close"}
 # HTTP's content codings and the zlib window bits that read them ("deflate" is zlib's format).
 CODINGS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
 CLIENT_CLOSED = 499  # nginx's code: the client closed the connection before the answer
+STATE_KEY = "request_body"  # the request's RequestBody, in its scope's state
 INFLATE_STEP = 64 * 1024  # bytes inflated at a time, on the event loop, between other work
 
 
@@ -46,18 +48,18 @@ class BodyBudget:
         self.limit, self.largest = limit, largest
         self.used = 0
         self.held: dict[object, int] = {}  # insertion order: the first is the oldest
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []  # (bytes asked, its waiter)
 
     async def take(self, holder: object, n: int) -> None:
         self.held.setdefault(holder, 0)
         while not self._fits(holder, n):
             waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            self._waiters.append((n, waiter))
             try:
                 await waiter
             finally:
                 if not waiter.done():
-                    self._waiters.remove(waiter)
+                    self._waiters.remove((n, waiter))
         self.held[holder] += n
         self.used += n
 
@@ -72,8 +74,10 @@ class BodyBudget:
         else:
             self.held[holder] = held - n
         self.used -= n
-        waiters, self._waiters = self._waiters, []  # the oldest may have changed: all re-check
-        for waiter in waiters:
+        # All re-check (the oldest may have changed), the smallest asks first: a small body is
+        # not kept waiting behind large ones (a gzip flood's inflations, say) for room it fits in.
+        waiters, self._waiters = sorted(self._waiters, key=lambda w: w[0]), []
+        for _, waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
@@ -199,7 +203,9 @@ class RequestBody:
 
 class BodyGuard:
     """Gives each HTTP request's app its RequestBody's receive, and frees the request's share of
-    the budget once it is answered (or fails)."""
+    the budget once it is answered (or fails), or when its route calls release_body: a route
+    that keeps none of its body's bytes while it waits for the engine (V2's) lets the next
+    requests' bodies in meanwhile."""
 
     def __init__(self, app: ASGIApp, settings: Settings, budget: BodyBudget) -> None:
         self.app, self.settings, self.budget = app, settings, budget
@@ -215,7 +221,14 @@ class BodyGuard:
             # place: the middlewares outside read the route that the router sets in the scope.)
             dropped = (b"content-encoding", b"content-length")
             scope["headers"] = [h for h in scope["headers"] if h[0] not in dropped]
+        scope.setdefault("state", {})[STATE_KEY] = body
         try:
             await self.app(scope, body.receive, send)
         finally:
             self.budget.release(body)
+
+
+def release_body(state: State) -> None:
+    """The request's share of the budget given back: it has dropped every copy of its body."""
+    body: RequestBody = getattr(state, STATE_KEY)
+    body.budget.release(body)

@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from service.body import release_body
 from service.pixels import FEATURES
 from service.registry import Registry, ServedModel
 from service.routes import BatcherDep
@@ -212,6 +213,7 @@ async def infer(
 ) -> Response:
     """Eval mode, or MC dropout with the parameter mc_samples; JSON or binary tensors."""
     call = parse_call(await read_body(request), request, served, registry.settings)
+    release_body(request.state)  # only the pixels wait for the engine
     outputs = await run(served, call.X, call.plan, batcher)
     content, header_length = encode_response(call.head, outputs)
     if header_length is None:

@@ -181,10 +181,14 @@ def test_deployment_runs_the_image_confined_and_probes_the_health_routes() -> No
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(container["resources"][kind])
 
-    # SIGTERM comes after preStop; the service then drains for its grace, all within the pod's.
-    drain = float(env_of(container)["MCDROPOUT_SHUTDOWN_GRACE_SECONDS"])
+    # SIGTERM comes after preStop; the service then keeps listening for its delay and drains
+    # for its grace, all within the pod's.
+    env = env_of(container)
+    drain = float(env["MCDROPOUT_SHUTDOWN_GRACE_SECONDS"])
+    default_delay = Settings.model_fields["shutdown_delay_seconds"].default
+    delay = float(env.get("MCDROPOUT_SHUTDOWN_DELAY_SECONDS", default_delay))
     pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    assert pre_stop + drain < spec["terminationGracePeriodSeconds"]
+    assert pre_stop + delay + drain < spec["terminationGracePeriodSeconds"]
 
 
 def test_service_hpa_and_budget_point_at_the_deployment() -> None:
