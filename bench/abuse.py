@@ -41,7 +41,7 @@ import httpx
 import numpy as np
 from http_bench import MODEL, ROOT, free_port, key_value, model_folder, wait_ready, write_bodies
 from loadgen import Row, run_wrk
-from peak_rss import tree_mb
+from peak_rss import polling, tree_mb
 from PIL import Image
 
 Attack = Callable[[str, int, threading.Event, Counter[str]], Awaitable[None]]
@@ -231,25 +231,6 @@ def attacking(attack: Attack, count: int, url: str, port: int) -> Iterator[Count
 
 
 @contextmanager
-def peak(pid: int) -> Iterator[list[float]]:
-    """[RSS at the start, the peak] of the server's process tree while the block runs, in MB."""
-    values = [tree_mb(pid, "VmRSS")] * 2
-    done = threading.Event()
-
-    def poll() -> None:
-        while not done.wait(0.02):
-            values[1] = max(values[1], tree_mb(pid, "VmRSS"))
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-    try:
-        yield values
-    finally:
-        done.set()
-        thread.join()
-
-
-@contextmanager
 def server(
     root: Path, folder: Path, log: Path, settings: dict[str, str]
 ) -> Iterator[tuple[str, int, int]]:
@@ -299,15 +280,17 @@ def main() -> None:
         with server(args.root.resolve(), folder, log, dict(args.env)) as (url, port, pid):
             print(f"{platform.machine()}, {os.cpu_count()} cores, server from {args.root}")
             measure(url, eval_bodies, 2)  # warm-up
-            with peak(pid) as rss:
+            start = tree_mb(pid, "VmRSS")
+            with polling(pid) as peaks:
                 row = measure(url, eval_bodies, args.duration)
-            results.append(result("none", 0, row, rss, Counter()))
+            results.append(result("none", 0, row, start, peaks.rss_mb, Counter()))
             for name in names:
                 attack, count = ATTACKS[name]
                 n = count or args.attackers
-                with peak(pid) as rss, attacking(attack, n, url, port) as seen:
+                start = tree_mb(pid, "VmRSS")
+                with polling(pid) as peaks, attacking(attack, n, url, port) as seen:
                     row = measure(url, eval_bodies, args.duration)
-                results.append(result(name, n, row, rss, seen))
+                results.append(result(name, n, row, start, peaks.rss_mb, seen))
                 print(markdown(results[-1]), flush=True)
                 time.sleep(2)  # what the attack left closes (timeouts) before the next one
     print("| attack | attackers | others' eval req/s | p99 ms | errors | RSS MB start | peak | "
@@ -319,9 +302,12 @@ def main() -> None:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
 
 
-def result(attack: str, count: int, row: Row, rss: list[float], seen: Counter[str]) -> Result:
-    start, top = rss
-    return Result(attack, count, row.req_per_s, row.p99_ms, row.errors, start, top, dict(seen))
+def result(
+    attack: str, count: int, row: Row, start_mb: float, peak_mb: float, seen: Counter[str]
+) -> Result:
+    return Result(
+        attack, count, row.req_per_s, row.p99_ms, row.errors, start_mb, peak_mb, dict(seen)
+    )
 
 
 def markdown(r: Result) -> str:

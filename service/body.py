@@ -7,8 +7,9 @@ Every route reads its body through BodyGuard's receive, so every route gets the 
 - 413 (connection closed) past `max_body_bytes`: the declared Content-Length first, then the
   bytes as they come, inflated ones for a gzip or deflate Content-Encoding (415 for another);
 - the bytes held in BodyBudget from their arrival (inflation's output as it is produced) until
-  the request is answered: past the budget a request waits, unread, and TCP flow control holds
-  the rest of its body in the client; 503 with Retry-After if it waits past the request timeout;
+  the request is answered, or its route has dropped them (release_body): past the budget a
+  request waits, unread, and TCP flow control holds the rest of its body in the client; 503 with
+  Retry-After if it waits past the request timeout;
 - 499 (logged at info) for a client that hangs up before its body is complete.
 Errors are starlette HTTPExceptions raised from receive: each protocol answers them in its own
 form (FastAPI passes them through the body's parsing).

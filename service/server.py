@@ -13,6 +13,7 @@ listening, lets requests in flight finish within shutdown_grace_seconds, and the
 Ctrl-C and systemd's stop signal the whole process group): the server stops it once drained.
 """
 
+import asyncio
 import json
 import signal
 import time
@@ -91,7 +92,7 @@ class Guarded(HttpToolsProtocol):
         self.in_head = True  # between a request's first byte (or the connection's start) and
         self.head_bytes = 0  # the end of its headers: the bytes received meanwhile
         self.head_size = 0  # its request line and headers, as parsed
-        self.head_timer: Any = None
+        self.head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -171,6 +172,8 @@ class Guarded(HttpToolsProtocol):
         (pipelining): then it only closes."""
         self._stop_head_timer()
         self.in_head = False
+        if self.transport.is_closing():  # uvicorn answered already (a malformed request)
+            return
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(encoded(*refusal(status, message)))
         self.transport.close()
