@@ -21,7 +21,6 @@ seconds, every attacker starting again once answered or cut off):
 
 import argparse
 import asyncio
-import gzip
 import io
 import json
 import os
@@ -41,7 +40,7 @@ import httpx
 import numpy as np
 from http_bench import MODEL, ROOT, free_port, key_value, model_folder, wait_ready, write_bodies
 from loadgen import Row, run_wrk
-from peak_rss import polling, tree_mb
+from peak_rss import polling, tree_mb, v2_gzip
 from PIL import Image
 
 Attack = Callable[[str, int, threading.Event, Counter[str]], Awaitable[None]]
@@ -147,9 +146,7 @@ def hang_up() -> Attack:
 
 
 def gzip_flood() -> Attack:
-    tensor = {"name": "images", "datatype": "FP32", "shape": [1, 784], "data": [0.5] * 784}
-    text = json.dumps({"inputs": [tensor]}).encode()
-    packed = gzip.compress(text + b" " * (8 * MIB - 1000 - len(text)))
+    packed = v2_gzip(np.full((1, 784), 0.5), 8 * MIB - 1000).body
 
     async def run(url: str, port: int, stop: threading.Event, seen: Counter[str]) -> None:
         async with httpx.AsyncClient(timeout=60) as client:

@@ -75,6 +75,8 @@ class BodyBudget:
         else:
             self.held[holder] = held - n
         self.used -= n
+        if not self._waiters:
+            return
         # All re-check (the oldest may have changed), the smallest asks first: a small body is
         # not kept waiting behind large ones (a gzip flood's inflations, say) for room it fits in.
         waiters, self._waiters = sorted(self._waiters, key=lambda w: w[0]), []
@@ -227,6 +229,15 @@ class BodyGuard:
             await self.app(scope, body.receive, send)
         finally:
             self.budget.release(body)
+
+
+def json_text(body: bytes) -> str:
+    """A JSON body's text, which must be UTF-8 (RFC 8259): json.loads would also read UTF-16 and
+    UTF-32, where a true is no b"true" to the byte checks of service/routes.py. Else 400."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise HTTPException(400, f"the body is not UTF-8 text (JSON must be UTF-8): {e}") from None
 
 
 def release_body(state: State) -> None:

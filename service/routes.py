@@ -17,6 +17,7 @@ from service.batching import (
     OverloadedError,
     TimedOutError,
 )
+from service.body import json_text
 from service.observability import Metrics
 from service.pixels import InstanceError, to_pixels
 from service.registry import Registry, ServedModel
@@ -118,20 +119,11 @@ class JSONRequest(Request):
             try:
                 self._json = pydantic_core.from_json(body)
             except ValueError:
-                self._json = json.loads(utf8(body))
+                self._json = json.loads(json_text(body))
             # Without either token the pixels need no scan for booleans (service/pixels.py):
             # the bytes tell, as the text is UTF-8.
             setattr(self.state, JSON_BOOLEANS, b"true" in body or b"false" in body)
         return self._json
-
-
-def utf8(body: bytes) -> str:
-    """JSON text must be UTF-8 (RFC 8259): json.loads would also read UTF-16 and UTF-32, whose
-    tokens the byte checks above would miss."""
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise HTTPException(400, f"the body is not UTF-8 text (JSON must be UTF-8): {e}") from None
 
 
 class JSONRoute(APIRoute):

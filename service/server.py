@@ -87,11 +87,11 @@ class Guarded(HttpToolsProtocol):
         assert isinstance(config, Config), "Guarded reads service.server.Config's settings"
         settings = config.settings
         self.max_head = settings.max_header_bytes
+        self.too_long = f"the request line and headers exceed {self.max_head} bytes"
         self.head_timeout = settings.header_timeout_seconds
         self.max_connections = settings.max_connections
         self.in_head = True  # between a request's first byte (or the connection's start) and
         self.head_bytes = 0  # the end of its headers: the bytes received meanwhile
-        self.head_size = 0  # its request line and headers, as parsed
         self.head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
@@ -110,26 +110,14 @@ class Guarded(HttpToolsProtocol):
         super().data_received(data)
         # Still in the headers after all these bytes: all of them are the headers'.
         if self.in_head and self.head_bytes > self.max_head:
-            self._refuse(431, f"the request line and headers exceed {self.max_head} bytes")
-
-    def on_message_begin(self) -> None:
-        self.head_size = 0
-        super().on_message_begin()
-
-    def on_url(self, url: bytes) -> None:
-        self.head_size += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
-        super().on_header(name, value)
+            self._refuse(431, self.too_long)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
         self._stop_head_timer()
         refused = None
-        if self.head_size > self.max_head:  # all of it came in one read
-            refused = refusal(431, f"the request line and headers exceed {self.max_head} bytes")
+        if self._head_size() > self.max_head:  # all of it came in one read
+            refused = refusal(431, self.too_long)
         elif len(self.connections) > self.max_connections:
             refused = refusal(
                 503,
@@ -145,6 +133,10 @@ class Guarded(HttpToolsProtocol):
             super().on_headers_complete()
         finally:
             self.app = app
+
+    def _head_size(self) -> int:
+        """The request line and headers as uvicorn parsed them (": " and CRLF included)."""
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticError
 
+from service.body import json_text
 from service.pixels import FEATURES, SIDE
 
 Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
@@ -79,13 +80,9 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 
 
 def parse_request(header: bytes) -> InferenceRequest:
-    """The JSON header, which must be UTF-8 as RFC 8259 asks (json.loads would take UTF-16)."""
+    """The JSON header (UTF-8 only: service.body.json_text)."""
     try:
-        text = header.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise bad(f"the body is not UTF-8 text (JSON must be UTF-8): {e}") from None
-    try:
-        document = json.loads(text)
+        document = json.loads(json_text(header))
     except ValueError as e:
         raise bad(f"the body is not valid JSON: {e}") from None
     except RecursionError:

@@ -63,13 +63,13 @@ def start_server(
         "MCDROPOUT_SHUTDOWN_DELAY_SECONDS": "0.2",  # tests stop many servers
     }
     env |= {f"MCDROPOUT_{name}": value for name, value in (settings or {}).items()}
-    with open(log or os.devnull, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service"],
-            env=env,
-            stderr=out if log else None,
-            start_new_session=True,
-        )
+    stderr = log.open("ab") if log else None
+    try:
+        argv = [sys.executable, "-m", "service"]
+        proc = subprocess.Popen(argv, env=env, stderr=stderr, start_new_session=True)
+    finally:
+        if stderr is not None:
+            stderr.close()  # the server has its own copy
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(url, "/health/live", proc=proc)

@@ -2,6 +2,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -13,6 +14,12 @@ from service.settings import Settings
 from training.data import LABELS
 
 TINY = MLPConfig(hidden=(32, 16), dropout=(0.5, 0.5))
+
+
+def images(n: int, seed: int = 0) -> list[list[float]]:
+    """n images of 784 pixels in [0, 1], as JSON instances, from a fixed seed."""
+    values: list[list[float]] = np.random.default_rng(seed).random((n, 784)).tolist()
+    return values
 
 
 def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:

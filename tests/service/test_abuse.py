@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from models.checkpoint import save_checkpoint
 from models.mlp import MLPConfig, build_model
 from tests.servers import LIMITS, serve_process, start_server, wait_until_ready
+from tests.service.conftest import images
 from training.data import LABELS
 
 BODY_TIMEOUT = 1.5
@@ -74,11 +75,6 @@ def url(served: tuple[str, int]) -> str:
 # ----------------------------------------------------------------------------- helpers
 
 
-def pixels(n: int, seed: int = 0) -> list[list[float]]:
-    values: list[list[float]] = np.random.default_rng(seed).random((n, 784)).round(4).tolist()
-    return values
-
-
 def png(width: int, height: int) -> bytes:
     out = io.BytesIO()
     Image.new("L", (width, height), 0).save(out, "PNG")
@@ -87,7 +83,7 @@ def png(width: int, height: int) -> bytes:
 
 def legit_requests(url: str) -> dict[str, Callable[[httpx.Client], httpx.Response]]:
     """One well-formed request per kind of POST route, each expected to answer 200."""
-    x = pixels(1)
+    x = images(1)
     v2 = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 784], "data": x[0]}]}
     return {
         "predict": lambda c: c.post(url + PREDICT, json={"instances": x}),
@@ -280,7 +276,7 @@ def test_compressed_floods_are_counted_inflated(model_dir: Path, tmp_path: Path)
         wait_until_ready(url)
         packed = gzip_v2_body(limit - 100)
         assert len(packed) < 10_000  # 4 MiB of JSON once inflated
-        plain = json.dumps({"instances": pixels(60)}).encode()  # about 500 KB
+        plain = json.dumps({"instances": images(60)}).encode()  # about 1 MB
 
         async def flood() -> list[int]:
             async with httpx.AsyncClient(timeout=60) as client:
@@ -395,7 +391,7 @@ def test_every_input_path_is_as_strict(url: str) -> None:
             assert r.status_code == 400
             assert "not UTF-8 text" in r.text
     # N and the seed: JSON integers only, in v1 as in V2.
-    x = json.dumps(pixels(1))
+    x = json.dumps(images(1))
     v2 = '{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 784], "data": %s}]'
     for text in ('"100"', "1e3", "100.0", "true"):
         v1 = f'{{"instances": {x}, "samples": {text}}}'
@@ -478,7 +474,7 @@ def test_a_signal_to_the_process_group_drains_like_one_to_the_server(
     url, proc = start_server(full_size_model(tmp_path), settings, log)
     try:
         wait_until_ready(url)
-        body = {"instances": pixels(64), "samples": 1000, "seed": 0}
+        body = {"instances": images(64), "samples": 1000, "seed": 0}
         route = url + "/v1/models/big/uncertainty"
 
         async def run() -> tuple[list[int], list[int]]:

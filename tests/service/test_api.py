@@ -16,16 +16,11 @@ from models.checkpoint import load_checkpoint
 from models.engine import Engine
 from service.routes import JSONRequest
 from service.settings import Settings
-from tests.service.conftest import make_client, wait_ready, write_tiny_checkpoint
+from tests.service.conftest import images, make_client, wait_ready, write_tiny_checkpoint
 from training.data import LABELS
 
 PREDICT = "/v1/models/tiny/predict"
 UNCERTAINTY = "/v1/models/tiny/uncertainty"
-
-
-def images(n: int, seed: int = 0) -> list[list[float]]:
-    values: list[list[float]] = np.random.default_rng(seed).random((n, 784)).tolist()
-    return values
 
 
 def assert_422(response: Any, loc: list[Any], fragment: str) -> None:

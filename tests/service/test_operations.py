@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -24,16 +23,11 @@ from service.observability import JsonFormatter
 from service.server import Config, Server
 from service.settings import Settings
 from tests.servers import free_port, wait_until_ready
-from tests.service.conftest import make_client, wait_ready, write_tiny_checkpoint
+from tests.service.conftest import images, make_client, wait_ready, write_tiny_checkpoint
 from training.data import LABELS
 
 PREDICT = "/v1/models/tiny/predict"
 UNCERTAINTY = "/v1/models/tiny/uncertainty"
-
-
-def images(n: int) -> list[list[float]]:
-    values: list[list[float]] = np.random.default_rng(0).random((n, 784)).tolist()
-    return values
 
 
 def samples_of(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
