@@ -1,9 +1,20 @@
+"""The docs show their examples as the files in docs/examples/ hold them, with the command that
+runs them (the output beside it comes from a run)."""
+
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).parents[1]
 
 
-def test_readme_shows_the_httpx_example_as_it_is() -> None:
-    code = (ROOT / "docs/examples/client.py").read_text()
+@pytest.mark.parametrize(
+    ("example", "document"),
+    [("client.py", "api.md"), ("kserve_v2.py", "api.md"), ("python_client.py", "client.md")],
+)
+def test_docs_show_the_example_as_it_is(example: str, document: str) -> None:
+    code = (ROOT / "docs/examples" / example).read_text()
     body = code.split('"""', 2)[2].strip()  # the example without its docstring
-    assert f"```python\n{body}\n```" in (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / document).read_text()
+    assert f"```python\n{body}\n```" in text
+    assert f"$ .venv/bin/python docs/examples/{example}\n" in text
