@@ -1,6 +1,7 @@
 """Why the engines run in a process of their own: what GIL hand-offs cost a one-process server.
 
-Starts `python -m service` with `inference = "thread"` and a patched `service.batching.execute`,
+Starts `python -m service` with an inference thread running a stand-in for
+`service.inference.jobs.execute`,
 one variant at a time, and drives the uncertainty endpoint (N = 100, one image a request) with
 wrk at one concurrency, reporting throughput and the server's CPU time per request:
 - engine: the engine as it is (no patch);
@@ -46,31 +47,34 @@ def serve(variant: str) -> None:
     sys.path.insert(0, str(ROOT))
     import torch
 
-    import service.batching as batching
     from service.__main__ import main
+    from service.inference.jobs import Job, Resolve
+    from service.inference.jobs import execute as real
+    from service.inference.thread import InferenceThread
 
     spec = VARIANTS[variant]
-    if spec is not None:
-        per_job, per_batch = spec
-        real, scratch = batching.execute, torch.zeros(100, 10)
-        answers: dict[str, Any] = {}
+    if spec is None:
+        main()
+        return
+    per_job, per_batch = spec
+    scratch = torch.zeros(100, 10)
+    answers: dict[str, Any] = {}
 
-        def execute(jobs: list[batching.Job], resolve: batching.Resolve) -> None:
-            evals = [j for j in jobs if j.samples is None]
-            if evals:
-                real(evals, resolve)
-            mc = [j for j in jobs if j.samples is not None]
-            for _ in range(per_batch if mc else 0):
+    def execute(jobs: list[Job], resolve: Resolve) -> None:
+        evals = [j for j in jobs if j.samples is None]
+        if evals:
+            real(evals, resolve)
+        mc = [j for j in jobs if j.samples is not None]
+        for _ in range(per_batch if mc else 0):
+            scratch.add_(1.0)
+        for job in mc:
+            if not answers:  # the first job's real answer, for every job after it
+                real([job], lambda _, result, error: answers.update(mc=result))
+            for _ in range(per_job):
                 scratch.add_(1.0)
-            for job in mc:
-                if not answers:  # the first job's real answer, for every job after it
-                    real([job], lambda _, result, error: answers.update(mc=result))
-                for _ in range(per_job):
-                    scratch.add_(1.0)
-                resolve(job, answers["mc"], None)
+            resolve(job, answers["mc"], None)
 
-        batching.execute = execute
-    main()
+    main(InferenceThread(execute))
 
 
 def main() -> None:

@@ -18,12 +18,12 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.engine import MCRequest, engine_for
-from service.batching import MCAnswer
-from service.inference import frame
-from service.pixels import to_pixels
+from service.api.schemas import UncertaintyRequest, UncertaintyResponse
+from service.api.v1 import uncertainty_items
+from service.inference.jobs import MCAnswer
+from service.inference.process import frame
+from service.inputs.pixels import to_pixels
 from service.registry import ServedModel, model_card
-from service.routes import _uncertainty_items
-from service.schemas import UncertaintyRequest, UncertaintyResponse
 from service.settings import Settings
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     batch = frame(("batch", [(0, X.numpy(), 100, 1)]))
 
     def response() -> UncertaintyResponse:
-        items = _uncertainty_items(mc, served)
+        items = uncertainty_items(mc, served)
         answer = {"model": "m", "version": "v", "samples": 100, "seed": 1, "predictions": items}
         return UncertaintyResponse.model_validate(answer)
 

@@ -33,7 +33,9 @@ from models.masks import MaskSampler
 from models.mlp import DropoutMLP, forward_layers
 from models.stats import StatsAccumulator, UncertaintyStats, grouped_on_device, split_requests
 
-MAX_SEED = 2**63 - 1
+# Seeds are integers in [0, 2**53 - 1], the largest integer every JSON client (JavaScript's
+# Number among them) holds exactly: the one range of the engine and of every route.
+MAX_SEED = 2**53 - 1
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ class Engine:
             raise ValueError("a request needs at least one instance")
         if request.samples < 1:
             raise ValueError(f"samples must be at least 1, got {request.samples}")
-        seed = secrets.randbits(63) if request.seed is None else request.seed
+        seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
         if not 0 <= seed <= MAX_SEED:
             raise ValueError(f"seed must be in [0, {MAX_SEED}], got {seed}")
         return seed

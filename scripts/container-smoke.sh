@@ -69,7 +69,7 @@ check_confinement() {
     "$engine" exec "$1" sh -c ': > /tmp/probe && rm /tmp/probe' || fail "/tmp is not writable"
     say "PID 1 runs as uid $EXPECT_UID, no capabilities, no-new-privileges, read-only root"
     say "PID 1 memory after the requests: $(grep -E '^Vm(RSS|HWM)' <<<"$status" | tr -s '\t ' ' ' | paste -sd,)"
-    # The inference process (service/inference.py) runs beside PID 1, as the same user.
+    # The inference process (service/inference/process.py) runs beside PID 1, as the same user.
     local python
     python=$("$engine" exec "$1" sh -c 'cat /proc/[0-9]*/status' | awk '
         /^Name:/ { name = $2 } /^Uid:/ { uid = $2 }

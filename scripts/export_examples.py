@@ -1,4 +1,4 @@
-"""Write service/static/examples.json: a few real Fashion-MNIST test images for the web page's
+"""Write service/page/static/examples.json: a few real Fashion-MNIST test images for the web page's
 "random test image" and gallery, so that the service never needs the data set installed.
 
     .venv/bin/python scripts/export_examples.py [--per-class 6] [--seed 0] [--data DIR]
@@ -16,7 +16,7 @@ import numpy as np
 
 from training.data import LABELS, load_fashion_mnist
 
-OUT = Path(__file__).parents[1] / "service/static/examples.json"
+OUT = Path(__file__).parents[1] / "service/page/static/examples.json"
 
 
 def main() -> None:

@@ -1,17 +1,22 @@
-"""python -m service: serve the checkpoints of the MCDROPOUT_* settings (service/server.py)."""
+"""python -m service: serve the checkpoints of the MCDROPOUT_* settings (service/edge/server.py)."""
 
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from uvicorn.supervisors import Multiprocess
 
-from service.observability import configure_logging
-from service.server import Config, Server
+from service.edge.observability import configure_logging
+from service.edge.server import Config, Server
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from service.inference.batcher import Runner
 
-def main() -> None:
+
+def main(runner: "Runner | None" = None) -> None:
+    """Serves; one worker computes its batches with `runner` if given (bench/gil_handoffs.py)."""
     settings = Settings()
     configure_logging(settings.log_level)
     if settings.workers > 1:
@@ -21,7 +26,7 @@ def main() -> None:
         return
     from service.app import create_app  # here: the multi-worker supervisor never loads torch
 
-    app = create_app(settings)
+    app = create_app(settings, runner)
     registry = app.state.registry
 
     def reload_on_sighup(sig: int, frame: FrameType | None) -> None:

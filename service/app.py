@@ -13,16 +13,23 @@ from fastapi.responses import JSONResponse, Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
-from service.admin import admin
-from service.auth import ApiKey
-from service.batching import Batcher
-from service.body import BodyBudget, BodyGuard
-from service.observability import Metrics, RequestContext
+from service import __version__
+from service.api.admin import admin
+from service.api.health import health, operations
+from service.api.images import image_routes
+from service.api.v1 import v1
+from service.api.v2.routes import PREFIX as V2_PREFIX
+from service.api.v2.routes import error as v2_error
+from service.api.v2.routes import v2, v2_models
+from service.edge.auth import ApiKey
+from service.edge.body import BodyBudget, BodyGuard
+from service.edge.observability import Metrics, RequestContext
+from service.inference.batcher import Batcher, Runner
+from service.inference.process import InferenceProcess
+from service.inference.thread import InferenceThread
+from service.page import page, static_files
 from service.registry import Registry
-from service.routes import health, operations, v1
 from service.settings import Settings
-from service.v2 import v2
-from service.web import static_files, web_routes
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +42,13 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
-    """Routing errors (404, 405) in each protocol's own form: {"error": ...} under /v2."""
+    """HTTP errors outside any route, in each protocol's own form. Inside one, its protocol's
+    route class shapes them; a path that no route matched (404, 405) has only its prefix to
+    tell: {"error": ...} under /v2."""
     assert isinstance(exc, HTTPException)
     path = request.url.path
-    if path == "/v2" or path.startswith("/v2/"):
-        return JSONResponse({"error": str(exc.detail)}, exc.status_code, exc.headers)
+    if path == V2_PREFIX or path.startswith(V2_PREFIX + "/"):
+        return v2_error(exc.status_code, str(exc.detail), exc.headers)
     return await http_exception_handler(request, exc)
 
 
@@ -75,7 +84,15 @@ def publish_limits(app: FastAPI, settings: Settings) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def default_runner(settings: Settings) -> Runner:
+    """The inference process (the default), or a thread of this process."""
+    if settings.inference == "process":
+        return InferenceProcess(settings)
+    return InferenceThread()
+
+
+def create_app(settings: Settings | None = None, runner: Runner | None = None) -> FastAPI:
+    """The app of these settings, its batches computed by `runner` (default_runner's if None)."""
     settings = settings or Settings()
     if settings.torch_threads is not None:
         torch.set_num_threads(settings.torch_threads)
@@ -86,11 +103,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         # Loading runs in a thread: /health/live answers at once and /health/ready says 503.
         loading = asyncio.create_task(asyncio.to_thread(registry.load))
-        batcher = Batcher(settings, metrics)
+        batcher = Batcher(settings, metrics, runner or default_runner(settings))
         await batcher.start()
         # Everything allocated so far (torch, the app) lives as long as the process: keep the
         # garbage collector's full passes off it. Without this, one every few thousand requests
-        # walked the whole heap and stalled the event loop (the p99 of docs/performance.md).
+        # walked the whole heap and stalled the event loop
+        # (docs/performance.md#where-a-requests-time-goes).
         gc.collect()
         gc.freeze()
         yield {"registry": registry, "metrics": metrics, "batcher": batcher}
@@ -102,23 +120,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPIOffline(
         title="MC-dropout inference service",
         summary="Eval-mode predictions and Monte-Carlo-dropout uncertainty for the d2l.ai MLP",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
         static_url="/docs/assets",
     )
     app.state.registry = registry  # for the process's signal handling (service/__main__.py)
+    # The model and admin routes check it (service.api.deps.KeyedRoute).
+    app.state.api_key = (
+        None if settings.api_key is None else ApiKey(settings.api_key.get_secret_value())
+    )
     app.include_router(health)
     app.include_router(operations)
     app.include_router(v1)
     app.include_router(v2)
+    app.include_router(v2_models)
     app.include_router(admin)
-    app.include_router(web_routes(settings))
+    app.include_router(image_routes(settings))
+    app.include_router(page)
     app.mount("/static", static_files(), name="static")
     # The last added runs first: ids and metrics see every answer, 401 and 413 included.
     budget = BodyBudget(settings.max_body_bytes_in_flight, settings.max_body_bytes)
     app.add_middleware(BodyGuard, settings=settings, budget=budget)
-    if settings.api_key is not None:
-        app.add_middleware(ApiKey, key=settings.api_key.get_secret_value())
     app.add_middleware(RequestContext, metrics=metrics)
     publish_limits(app, settings)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from models.engine import Engine, engine_for
-from service.observability import Metrics
-from service.pixels import FEATURES, SIDE
-from service.schemas import Architecture, Calibration, InputSpec, ModelCard, SampleLimits
+from service.api.schemas import Architecture, Calibration, InputSpec, ModelCard, SampleLimits
+from service.edge.observability import Metrics
+from service.inputs.pixels import FEATURES, SIDE
 from service.settings import Settings
 
 log = logging.getLogger(__name__)

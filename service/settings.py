@@ -24,11 +24,11 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = None
     # On SIGTERM or SIGINT: readiness turns 503 at once and the server keeps listening (and
     # answering) this long, so that load balancers stop sending; then requests in flight get
-    # shutdown_grace_seconds to finish (service/server.py).
+    # shutdown_grace_seconds to finish (service/edge/server.py).
     shutdown_delay_seconds: float = Field(2.0, ge=0)
     shutdown_grace_seconds: float = Field(30.0, gt=0)
 
-    # The HTTP edge (service/server.py): what one connection may hold, and for how long. The
+    # The HTTP edge (service/edge/server.py): what one connection may hold, and for how long. The
     # request line and headers within max_header_bytes (else 431) and header_timeout_seconds of
     # the connection or the request's first byte (else 408); an idle connection between requests
     # closed after keep_alive_seconds; past max_connections, 503.
@@ -36,9 +36,10 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(10.0, gt=0)
     keep_alive_seconds: int = Field(5, ge=1)
     max_connections: int = Field(1024, ge=1)
-    # Bodies (service/body.py): at most max_body_bytes each, counted once inflated (gzip, deflate);
-    # body_timeout_seconds waiting for their bytes (else 408); max_body_bytes_in_flight held at
-    # once, all requests together, counted as they arrive: past it, a request waits unread.
+    # Bodies (service/edge/body.py): at most max_body_bytes each, counted once inflated (gzip,
+    # deflate); body_timeout_seconds waiting for their bytes (else 408); max_body_bytes_in_flight
+    # held at once, all requests together, counted as they arrive: past it, a request waits
+    # unread.
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     body_timeout_seconds: float = Field(30.0, gt=0)
     max_body_bytes_in_flight: int = Field(16 * 1024 * 1024, ge=1024)
@@ -49,8 +50,8 @@ class Settings(BaseSettings):
     mc_chunk_rows: int = Field(8192, ge=1)  # bounds the engine's memory, see models/engine.py
     # Where the engines run: "cpu", or "cuda" / "cuda:N" when torch sees a GPU.
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$")
-    # The image routes (service/web.py): the upload's bytes, and the pixels its header declares,
-    # checked before anything is decoded, so that a decompression bomb is refused (413).
+    # The image routes (service/api/images.py): the upload's bytes, and the pixels its header
+    # declares, checked before anything is decoded, so that a decompression bomb is refused (413).
     # A side bounds the work per pixel row or column (a 1 x 16,777,216 image costs what a square
     # one of the same pixels does not).
     max_image_bytes: int = Field(5 * 1024 * 1024, ge=1)
@@ -58,10 +59,12 @@ class Settings(BaseSettings):
     max_image_side: int = Field(8192, ge=1)
 
     # "process": the engines run in a child process, so that the server's event loop and the
-    # engines use a core each (service/inference.py); "thread": in a thread of this process.
+    # engines use a core each (service/inference/process.py); "thread": in a thread of this
+    # process.
     inference: Literal["process", "thread"] = "process"
-    # Batching (service/batching.py): concurrent requests share engine calls, up to this many
-    # instances, waiting at most this long for more; a full queue answers 503 with Retry-After.
+    # Batching (service/inference/batcher.py): concurrent requests share engine calls, up to this
+    # many instances, waiting at most this long for more; a full queue answers 503 with
+    # Retry-After.
     batch_max_instances: int = Field(256, ge=1)
     batch_max_delay_ms: float = Field(0.0, ge=0, le=1000)
     queue_max_requests: int = Field(256, ge=1)

@@ -89,7 +89,7 @@ def serve_process(
         yield url, proc
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0  # a graceful stop (service/server.py)
+        assert proc.wait(timeout=30) == 0  # a graceful stop (service/edge/server.py)
 
 
 @contextmanager

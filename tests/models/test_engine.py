@@ -151,9 +151,9 @@ def test_fused_groups_stay_within_max_chunk_rows(monkeypatch: pytest.MonkeyPatch
 
 
 def test_answers_do_not_depend_on_the_thread_count() -> None:
-    # The inference process and a server thread run different thread counts (service/inference.py)
-    # and must answer alike, bit for bit: MKL's products and torch's softmax over some layouts
-    # would not (docs/performance.md, "Tried and dropped").
+    # The inference process and a server thread run different thread counts
+    # (service/inference/process.py) and must answer alike, bit for bit: MKL's products and
+    # torch's softmax over some layouts would not (docs/performance.md, "Tried and dropped").
     engine = Engine(make_model(MLPConfig()))  # the chapter's sizes: 10 classes, padded to 16
     X, requests = images(3), [MCRequest(images(3), 300, 4), MCRequest(images(1, 2), 100, 5)]
     before = torch.get_num_threads()

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from models.checkpoint import save_checkpoint
 from models.mlp import MLPConfig, build_model
 from service.app import create_app
+from service.inference.batcher import Runner
 from service.settings import Settings
 from training.data import LABELS
 
@@ -49,8 +50,8 @@ def wait_ready(client: TestClient, timeout: float = 10.0) -> None:
         time.sleep(0.01)
 
 
-def make_client(settings: Settings) -> TestClient:
-    return TestClient(create_app(settings), raise_server_exceptions=False)
+def make_client(settings: Settings, runner: Runner | None = None) -> TestClient:
+    return TestClient(create_app(settings, runner), raise_server_exceptions=False)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from models.checkpoint import load_checkpoint
 from models.engine import Engine
-from service.routes import JSONRequest
+from service.api.v1 import JSONRequest
 from service.settings import Settings
 from tests.service.conftest import images, make_client, wait_ready, write_tiny_checkpoint
 from training.data import LABELS

@@ -1,5 +1,5 @@
-"""Request batching, the bounded queue, the request timeout (service/batching.py) and the body
-budget (service/body.py).
+"""Request batching, the bounded queue, the request timeout (service/inference/batcher.py) and
+the body budget (service/edge/body.py).
 
 A gate holds the inference thread on its first batch, so that the requests sent meanwhile queue
 up; what happens next (merged batches, a full queue, timeouts) is then deterministic."""
@@ -18,11 +18,11 @@ import torch
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-import service.batching
 from models.engine import Engine, MCRequest
 from models.mlp import MLPConfig, build_model
 from models.stats import UncertaintyStats
-from service.batching import Job
+from service.inference.jobs import Job, Resolve, execute
+from service.inference.thread import InferenceThread
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready
 
@@ -30,31 +30,30 @@ PIXELS = torch.rand(6, 784, generator=torch.Generator().manual_seed(3)).tolist()
 
 
 class Gate:
-    """Stands in for service.batching.execute: records each batch, and holds the first one
-    until opened."""
+    """Stands in for service.inference.jobs.execute in the inference thread: records each batch,
+    and holds the first one until opened."""
 
     def __init__(self) -> None:
         self.opened = threading.Event()
         self.batches: list[list[Job]] = []
-        self._execute = service.batching.execute
 
-    def __call__(self, jobs: list[Job], resolve: service.batching.Resolve) -> None:
+    def __call__(self, jobs: list[Job], resolve: Resolve) -> None:
         self.batches.append(list(jobs))
         if len(self.batches) == 1:
             assert self.opened.wait(30), "the test never opened the gate"
-        self._execute(jobs, resolve)
+        execute(jobs, resolve)
 
 
 @pytest.fixture
-def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
+def gate() -> Iterator[Gate]:
     gate = Gate()
-    monkeypatch.setattr(service.batching, "execute", gate)
     yield gate
     gate.opened.set()
 
 
-def gated_client(settings: Settings, **changes: Any) -> TestClient:
-    return make_client(settings.model_copy(update=changes))
+def gated_client(settings: Settings, gate: Gate, **changes: Any) -> TestClient:
+    """A client of a server whose inference thread runs the gate."""
+    return make_client(settings.model_copy(update=changes), InferenceThread(gate))
 
 
 def queue_depth(client: TestClient) -> float:
@@ -94,7 +93,7 @@ def hold_worker(pool: ThreadPoolExecutor, client: TestClient, gate: Gate) -> Fut
 def test_concurrent_requests_share_engine_calls_and_keep_their_answers(
     settings: Settings, gate: Gate
 ) -> None:
-    with gated_client(settings) as client, ThreadPoolExecutor(8) as pool:
+    with gated_client(settings, gate) as client, ThreadPoolExecutor(8) as pool:
         wait_ready(client)
         gate.opened.set()
         alone = {
@@ -129,7 +128,10 @@ def test_concurrent_requests_share_engine_calls_and_keep_their_answers(
 
 
 def test_a_batch_stops_at_the_instance_limit(settings: Settings, gate: Gate) -> None:
-    with gated_client(settings, batch_max_instances=4) as client, ThreadPoolExecutor(8) as pool:
+    with (
+        gated_client(settings, gate, batch_max_instances=4) as client,
+        ThreadPoolExecutor(8) as pool,
+    ):
         wait_ready(client)
         first = hold_worker(pool, client, gate)
         body = {"instances": PIXELS[:3], "samples": 5, "seed": 1}
@@ -144,7 +146,10 @@ def test_a_batch_stops_at_the_instance_limit(settings: Settings, gate: Gate) -> 
 def test_a_full_queue_answers_503_with_retry_after_and_loses_nothing(
     settings: Settings, gate: Gate
 ) -> None:
-    with gated_client(settings, queue_max_requests=2) as client, ThreadPoolExecutor(8) as pool:
+    with (
+        gated_client(settings, gate, queue_max_requests=2) as client,
+        ThreadPoolExecutor(8) as pool,
+    ):
         wait_ready(client)
         first = hold_worker(pool, client, gate)
         queued = [send(pool, client, "uncertainty", mc_body(i)) for i in range(2)]
@@ -177,7 +182,7 @@ def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(
     settings: Settings, gate: Gate
 ) -> None:
     with (
-        gated_client(settings, request_timeout_seconds=0.3) as client,
+        gated_client(settings, gate, request_timeout_seconds=0.3) as client,
         ThreadPoolExecutor(4) as pool,
     ):
         wait_ready(client)
@@ -197,7 +202,7 @@ def test_a_request_past_its_timeout_gets_504_and_the_server_goes_on(
 
 
 def test_batch_metrics_count_requests_and_instances(settings: Settings) -> None:
-    with gated_client(settings, batch_max_delay_ms=5) as client:
+    with make_client(settings.model_copy(update={"batch_max_delay_ms": 5})) as client:
         wait_ready(client)
         assert (
             client.post("/v1/models/tiny/predict", json={"instances": PIXELS[:3]}).status_code
@@ -214,10 +219,12 @@ def test_bodies_beyond_the_in_flight_budget_wait_unread(settings: Settings, gate
     size = len(json.dumps(predict_body(0)))
     assert 15_000 < size < 20_000
     # The oldest request may fill the budget; the others share it less one largest body
-    # (service/body.py): here room for the first body and one more, not two more.
+    # (service/edge/body.py): here room for the first body and one more, not two more.
     budget = 20_000 + size + size // 2
     with (
-        gated_client(settings, max_body_bytes=20_000, max_body_bytes_in_flight=budget) as client,
+        gated_client(
+            settings, gate, max_body_bytes=20_000, max_body_bytes_in_flight=budget
+        ) as client,
         ThreadPoolExecutor(4) as pool,
     ):
         wait_ready(client)
@@ -258,9 +265,7 @@ def test_a_fusing_engine_gets_its_mc_jobs_in_one_call_and_a_bad_job_fails_alone(
         Job(engine, X, None, None),
     ]
     answers: dict[int, tuple[Any, BaseException | None]] = {}
-    service.batching.execute(
-        jobs, lambda job, result, error: answers.update({id(job): (result, error)})
-    )
+    execute(jobs, lambda job, result, error: answers.update({id(job): (result, error)}))
     # The three MC jobs in one call. It fails, and is split to find the job at fault: the
     # first job alone, then the other two together (the bad one fails), then each alone.
     assert calls == [3, 1, 2, 1, 1]

@@ -1,11 +1,11 @@
-"""The body budget (service/body.py): bytes taken as they arrive, the oldest request always able
-to finish, small asks served first, and every byte given back."""
+"""The body budget (service/edge/body.py): bytes taken as they arrive, the oldest request
+always able to finish, small asks served first, and every byte given back."""
 
 import asyncio
 
 import pytest
 
-from service.body import BodyBudget
+from service.edge.body import BodyBudget
 
 
 async def settle() -> None:

@@ -1,5 +1,5 @@
-"""The image routes (service/web.py) and the conversion to Fashion-MNIST's form
-(service/image.py)."""
+"""The image routes (service/api/images.py) and the conversion to Fashion-MNIST's form
+(service/inputs/image.py)."""
 
 import io
 import struct
@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageFile
 from pydantic import SecretStr
 
-import service.web
-from service.image import Converted, ImageError, convert
+import service.api.images
+from service.inputs.image import Converted, ImageError, convert
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready
 
@@ -514,7 +514,7 @@ def test_at_most_two_uploads_are_decoded_at_once(
             with lock:
                 active -= 1
 
-    monkeypatch.setattr(service.web, "convert", held)
+    monkeypatch.setattr(service.api.images, "convert", held)
     data = encode(Image.fromarray(blob((28, 28)), "L"))
     with ThreadPoolExecutor(4) as pool:
         answers = [pool.submit(post, client, data, seed=0) for _ in range(4)]

@@ -1,4 +1,5 @@
-"""The inference process (service/inference.py): the default way a server runs its engines."""
+"""The inference process (service/inference/process.py): the default way a server runs its
+engines."""
 
 import asyncio
 import multiprocessing
@@ -15,8 +16,8 @@ from fastapi.testclient import TestClient
 
 from models.checkpoint import load_checkpoint
 from models.engine import Engine, MCRequest, engine_for
-from service.batching import InferenceError, Job, MCAnswer, Pending
-from service.inference import InferenceProcess, default_torch_threads
+from service.inference.jobs import InferenceError, Job, MCAnswer, Pending
+from service.inference.process import InferenceProcess, default_torch_threads
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready
 

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from models.checkpoint import save_checkpoint
 from models.mlp import MLPConfig, build_model
 from service.app import create_app
-from service.observability import JsonFormatter
-from service.server import Config, Server
+from service.edge.observability import JsonFormatter
+from service.edge.server import Config, Server
 from service.settings import Settings
 from tests.servers import free_port, wait_until_ready
 from tests.service.conftest import images, make_client, wait_ready, write_tiny_checkpoint

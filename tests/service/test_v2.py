@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.engine import Engine, MCRequest
 from models.mlp import MLPConfig, build_model
+from service import __version__
 from service.settings import Settings
 from tests.service.conftest import make_client, wait_ready
 from training.data import LABELS
@@ -54,7 +55,7 @@ def engine(model_dir: Path) -> Engine:
 def test_server_health_and_metadata(client: TestClient) -> None:
     assert client.get("/v2").json() == {
         "name": "mcdropout-service",
-        "version": "0.1.0",
+        "version": __version__,
         "extensions": ["binary_tensor_data"],
     }
     assert client.get("/v2/health/live").json() == {"live": True}
@@ -360,7 +361,11 @@ SAMPLES = "parameter 'mc_samples' must be"
         (with_parameters(mc_samples=True), SAMPLES + " an integer, got True"),
         (
             with_parameters(mc_samples=5, seed=-1),
-            "parameter 'seed' must be in [0, 9223372036854775807], got -1",
+            "parameter 'seed' must be in [0, 9007199254740991], got -1",
+        ),
+        (  # v1's bound: the largest integer every JSON client holds exactly
+            with_parameters(mc_samples=5, seed=2**53),
+            "parameter 'seed' must be in [0, 9007199254740991], got 9007199254740992",
         ),
         (
             with_parameters(seed=1),

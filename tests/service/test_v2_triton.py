@@ -9,6 +9,7 @@ import tritonclient.http as triton  # type: ignore[import-untyped]
 from tritonclient.utils import InferenceServerException  # type: ignore[import-untyped]
 
 from mcdropout_client import Client, UncertaintyResult
+from service import __version__
 from tests.servers import LIMITS, serve
 
 MC_OUTPUTS = (
@@ -65,7 +66,7 @@ def test_health_and_metadata(v2: triton.InferenceServerClient, v1: Client) -> No
     assert not v2.is_model_ready("nope")
     assert v2.get_server_metadata() == {
         "name": "mcdropout-service",
-        "version": "0.1.0",
+        "version": __version__,
         "extensions": ["binary_tensor_data"],
     }
     metadata = v2.get_model_metadata("tiny")

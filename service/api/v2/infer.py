@@ -7,11 +7,11 @@ import numpy as np
 import torch
 
 from models.engine import MAX_SEED
-from service.batching import Batcher
+from service.api.deps import LimitError, batched, check_limits
+from service.api.v2.tensors import InferenceRequest, InputTensor, OutputTensor, V2Error, bad
+from service.inference.batcher import Batcher
 from service.registry import ServedModel
-from service.routes import batched
 from service.settings import Settings
-from service.v2_tensors import InferenceRequest, InputTensor, OutputTensor, V2Error, bad
 
 INPUT = "images"
 # name -> (datatype, shape after the batch axis; "classes" is the model's class count)
@@ -105,19 +105,12 @@ def _requested(body: InferenceRequest, mc: bool) -> list[tuple[str, bool]]:
     return chosen
 
 
-def check_limits(batch: int, samples: int | None, settings: Settings) -> None:
-    """The same limits, and messages, as v1; checked before any data is converted."""
-    if batch > settings.max_instances:
-        raise V2Error(
-            413, f"instances: {batch} exceeds the limit of {settings.max_instances} per request"
-        )
-    n = samples or 1
-    if batch * n > settings.max_total_samples:
-        raise V2Error(
-            413,
-            f"instances x mc_samples = {batch} x {n} = {batch * n} exceeds the limit of "
-            f"{settings.max_total_samples}",
-        )
+def within_limits(batch: int, samples: int | None, settings: Settings) -> None:
+    """v1's limits and messages, checked before any data is converted; 413 for either."""
+    try:
+        check_limits(batch, samples, settings, samples_name="mc_samples")
+    except LimitError as e:
+        raise V2Error(413, e.message) from None
 
 
 async def _results(

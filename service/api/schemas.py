@@ -2,10 +2,12 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, WithJsonSchema
 
-from service.pixels import FEATURES, SHAPE_HINT, SIDE
+from models.engine import MAX_SEED
+from service.inputs.pixels import FEATURES, SHAPE_HINT, SIDE
 
-# Instances are checked by service.pixels (one numpy pass per instance, with errors naming the
-# instance) rather than by pydantic float by float; the schema below is what clients see.
+# Instances are checked by service.inputs.pixels (one numpy pass per instance, with errors
+# naming the instance) rather than by pydantic float by float; the schema below is what clients
+# see.
 Instance = Annotated[
     Any,
     WithJsonSchema(
@@ -33,10 +35,6 @@ Instance = Annotated[
         }
     ),
 ]
-
-
-# 2**53 - 1: the largest integer every JSON client (JavaScript's Number among them) holds exactly.
-MAX_SEED = 2**53 - 1
 
 
 class PredictRequest(BaseModel):

@@ -1,32 +1,22 @@
-"""The web page at / (service/static/, docs/web.md) and the image routes: an upload converted to
-Fashion-MNIST's form by service/image.py, answered as the JSON routes answer those pixels."""
+"""The image routes: an upload converted to Fashion-MNIST's form by service/inputs/image.py,
+answered as the JSON routes answer those pixels (docs/web.md)."""
 
 import asyncio
 import re
-from pathlib import Path
 from typing import Annotated, Any
 
 import torch
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
-from fastapi.responses import FileResponse, Response
-from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 from starlette.concurrency import run_in_threadpool
 
-from service.image import FORMATS, Converted, ImageError, convert
-from service.pixels import FEATURES
-from service.routes import (
-    ERRORS,
-    ModelCallDep,
-    answer_uncertainty,
-    check_limits,
-    check_samples,
-    invalid,
-)
-from service.schemas import MAX_SEED, ErrorDetail, UncertaintyResponse
+from models.engine import MAX_SEED
+from service.api.deps import KeyedRoute, ModelCallDep
+from service.api.schemas import ErrorDetail, UncertaintyResponse
+from service.api.v1 import ERRORS, answer_uncertainty, check_samples, invalid, within_limits
+from service.inputs.image import FORMATS, Converted, ImageError, convert
+from service.inputs.pixels import FEATURES
 from service.settings import Settings
-
-STATIC = Path(__file__).parent / "static"
 
 
 class ImagePixels(BaseModel):
@@ -46,34 +36,10 @@ IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorDetail, "description": "A body that is not valid multipart/form-data"},
     413: {
         "model": ErrorDetail,
-        "description": "Body, file bytes, image pixels or samples over the limits",
+        "description": "Body, file bytes or image pixels over the limits, or 1 x samples over "
+        "the instances x samples limit",
     },
 }
-
-
-# The page and its files (it takes an API key): only its own scripts, styles and requests, no
-# inline code, never in a frame, its address never sent elsewhere, types as declared.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-    "img-src 'self' data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-    "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-}
-
-
-class PageFiles(StaticFiles):
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().file_response(*args, **kwargs)
-        response.headers.update(PAGE_HEADERS)
-        return response
-
-
-def static_files() -> StaticFiles:
-    """The page's scripts, styles and example images, mounted at /static. Without them (a
-    package built without its data files) the API still serves; the page is 404."""
-    return PageFiles(directory=STATIC, check_dir=False)
 
 
 def form_integer(value: Any) -> Any:
@@ -84,8 +50,8 @@ def form_integer(value: Any) -> Any:
     return value
 
 
-# Images decoded at once: each may take up to about 130 MB at the pixel limit (a 4096^2 RGBA
-# PNG), so more uploads wait for their turn rather than multiply the server's memory.
+# Images decoded at once: one at the pixel limit takes a large share of the server's memory
+# (docs/web.md), so more uploads wait for their turn rather than multiply it.
 DECODERS = 2
 
 
@@ -109,10 +75,10 @@ async def _convert(file: UploadFile, settings: Settings, decoding: asyncio.Semap
         raise invalid(["file"], f"file: {e}") from None
 
 
-def web_routes(settings: Settings) -> APIRouter:
-    """The page and the image routes; the form's limits come from the settings, so that the
-    OpenAPI schema states them."""
-    router = APIRouter()
+def image_routes(settings: Settings) -> APIRouter:
+    """The image routes; the form's limits come from the settings, so that the OpenAPI schema
+    states them."""
+    router = APIRouter(prefix="/v1/models", tags=["v1"], route_class=KeyedRoute)
     decoding = asyncio.Semaphore(DECODERS)
     upload = (
         f"An image: {', '.join(FORMATS)}; at most {settings.max_image_bytes} bytes, "
@@ -136,14 +102,7 @@ def web_routes(settings: Settings) -> APIRouter:
         WithJsonSchema(seed | {"description": "makes the answer reproducible"}),
     ]
 
-    @router.get("/", include_in_schema=False)
-    def page() -> FileResponse:
-        index = STATIC / "index.html"
-        if not index.is_file():
-            raise HTTPException(404, "the web page is not installed (service/static/)")
-        return FileResponse(index, headers=PAGE_HEADERS)
-
-    @router.post("/v1/models/{model}/preprocess/image", tags=["v1"], responses=IMAGE_ERRORS)
+    @router.post("/{model}/preprocess/image", responses=IMAGE_ERRORS)
     async def preprocess_image(
         file: Upload,
         call: ModelCallDep,  # 404 for an unknown model, 503 until ready: as the other routes
@@ -158,7 +117,7 @@ def web_routes(settings: Settings) -> APIRouter:
             inverted=converted.inverted,
         )
 
-    @router.post("/v1/models/{model}/uncertainty/image", tags=["v1"], responses=IMAGE_ERRORS)
+    @router.post("/{model}/uncertainty/image", responses=IMAGE_ERRORS)
     async def uncertainty_image(
         file: Upload,
         call: ModelCallDep,
@@ -167,7 +126,7 @@ def web_routes(settings: Settings) -> APIRouter:
     ) -> UncertaintyResponse:
         """MC dropout for an uploaded image: the JSON route's answer for its 784 pixels."""
         n = check_samples(samples, call.served, call.settings)
-        check_limits(1, n, call.settings)
+        within_limits(1, n, call.settings)
         converted = await _convert(file, call.settings, decoding)
         X = torch.from_numpy(converted.pixels)
         return await answer_uncertainty(call.served, X, n, seed, call.metrics, call.batcher)

@@ -233,7 +233,7 @@ class BodyGuard:
 
 def json_text(body: bytes) -> str:
     """A JSON body's text, which must be UTF-8 (RFC 8259): json.loads would also read UTF-16 and
-    UTF-32, where a true is no b"true" to the byte checks of service/routes.py. Else 400."""
+    UTF-32, where a true is no b"true" to the byte checks of service/api/v1.py. Else 400."""
     try:
         return body.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -84,7 +84,7 @@ class Guarded(HttpToolsProtocol):
 
     def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
-        assert isinstance(config, Config), "Guarded reads service.server.Config's settings"
+        assert isinstance(config, Config), "Guarded reads service.edge.server.Config's settings"
         settings = config.settings
         self.max_head = settings.max_header_bytes
         self.too_long = f"the request line and headers exceed {self.max_head} bytes"

@@ -2,11 +2,11 @@
 
 In one process the event loop (HTTP, JSON, answers) and an inference thread share the GIL. An MC
 request is a few dozen small torch operations; each gives the GIL back and waits to take it
-again, and under load those hand-offs cost more than the arithmetic: the server spent about
-1.5 ms of CPU per uncertainty request, against 0.3 ms for the engine alone (docs/performance.md).
+again, and under load those hand-offs cost more than the arithmetic (the server's CPU per
+uncertainty request against the engine's alone: docs/performance.md#workers-and-threads).
 Here the server process only moves bytes: its event loop writes each batch to a child process
-and reads the answers back, with no second thread. The child runs `service.batching.execute` on
-the other core, answering each job as soon as it is done.
+and reads the answers back, with no second thread. The child runs
+service.inference.jobs.execute on the other core, answering each job as soon as it is done.
 
 Wire: a message is its length (8 bytes, little-endian) and a pickle. Only this server's two
 processes ever read it. To the child: ("engine", key, engine, forgotten keys) and
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 
 from models.engine import Engine
-from service.batching import InferenceError, Job, Pending, execute, settle
-from service.observability import configure_logging
+from service.edge.observability import configure_logging
+from service.inference.jobs import InferenceError, Job, Pending, execute, settle
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,9 @@ def wire_error(error: BaseException | None) -> BaseException | None:
 
 def default_torch_threads() -> int:
     """The inference process's torch threads: the cores it may use less the event loop's one, at
-    most 4. torch's default of a thread per core made the two processes fight over two cores (MC
-    throughput 2.3x lower); on 16 cores, 15 threads spun for 16 ms of CPU per MC request and
-    served fewer requests than 4 did (892 against 1,139 req/s; docs/performance.md)."""
+    most 4. torch's default of a thread per core makes the two processes fight over the cores,
+    and on many cores idle threads spin: more threads served fewer requests
+    (docs/performance.md#workers-and-threads)."""
     return max(1, min(4, len(os.sched_getaffinity(0)) - 1))
 
 

@@ -1,4 +1,5 @@
-"""Admin routes: reload the configured model path, behind their own token."""
+"""Admin routes: reload the configured model path, behind their own token (and the API key,
+when one is set)."""
 
 import hmac
 from typing import Annotated
@@ -6,8 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel
 
+from service.api.deps import KeyedRoute, RegistryDep
 from service.registry import LoadReport, Registry
-from service.routes import RegistryDep
 
 
 class ReloadAnswer(BaseModel):
@@ -32,7 +33,7 @@ def require_admin(
     return registry
 
 
-admin = APIRouter(prefix="/admin", tags=["admin"])
+admin = APIRouter(prefix="/admin", tags=["admin"], route_class=KeyedRoute)
 ADMIN_ERRORS: dict[int | str, dict[str, str]] = {
     401: {"description": "Missing or invalid token"},
     403: {"description": "Admin routes are off"},

@@ -1,29 +1,27 @@
+"""The v1 REST routes: list, model card, predict (eval mode) and uncertainty (MC dropout), in
+JSON; the image routes (service/api/images.py) answer the same way for an upload."""
+
 import json
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import Annotated, Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pydantic_core
 import torch
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
-from fastapi.responses import PlainTextResponse
-from fastapi.routing import APIRoute
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, HTTPException, Request, Response
 
-from service.batching import (
-    Batcher,
-    InferenceError,
-    MCAnswer,
-    OverloadedError,
-    TimedOutError,
+from service.api.deps import (
+    JSON_BOOLEANS,
+    RETRY_AFTER,
+    KeyedRoute,
+    LimitError,
+    ModelCallDep,
+    ModelDep,
+    RegistryDep,
+    batched,
+    check_limits,
 )
-from service.body import json_text
-from service.observability import Metrics
-from service.pixels import InstanceError, to_pixels
-from service.registry import Registry, ServedModel
-from service.schemas import (
+from service.api.schemas import (
     ErrorDetail,
-    Health,
     ModelCard,
     ModelList,
     PredictRequest,
@@ -31,87 +29,20 @@ from service.schemas import (
     UncertaintyRequest,
     UncertaintyResponse,
 )
+from service.edge.body import json_text
+from service.edge.observability import Metrics
+from service.inference.batcher import Batcher
+from service.inference.jobs import MCAnswer
+from service.inputs.pixels import InstanceError, to_pixels
+from service.registry import ServedModel
 from service.settings import Settings
-
-RETRY_AFTER = {"Retry-After": "1"}
-JSON_BOOLEANS = "json_booleans"
-
-
-async def get_registry(request: Request) -> Registry:
-    registry: Registry = request.state.registry
-    return registry
-
-
-async def get_metrics(request: Request) -> Metrics:
-    metrics: Metrics = request.state.metrics
-    return metrics
-
-
-async def get_batcher(request: Request) -> Batcher:
-    batcher: Batcher = request.state.batcher
-    return batcher
-
-
-# Dependencies are `async def`: FastAPI would run a plain `def` in its thread pool, a thread
-# hand-off per dependency per request.
-RegistryDep = Annotated[Registry, Depends(get_registry)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-BatcherDep = Annotated[Batcher, Depends(get_batcher)]
-T = TypeVar("T")
-
-
-async def batched(result: Awaitable[T]) -> T:
-    """The batcher's answer, or 503 with Retry-After (queue full, or the inference process
-    exited), or 504 (timed out)."""
-    try:
-        return await result
-    except OverloadedError as e:
-        raise HTTPException(503, f"overloaded: {e}; retry later", headers=RETRY_AFTER) from None
-    except TimedOutError as e:
-        raise HTTPException(504, str(e)) from None
-    except InferenceError as e:
-        raise HTTPException(503, f"unavailable: {e}", headers=RETRY_AFTER) from None
-
-
-async def get_model(model: str, registry: RegistryDep) -> ServedModel:
-    if not registry.serving:
-        raise HTTPException(503, f"not ready: {registry.reason}", headers=RETRY_AFTER)
-    served = registry.models.get(model)
-    if served is None:
-        known = ", ".join(sorted(registry.models))
-        raise HTTPException(404, f"model {model!r} not found; available: {known}")
-    return served
-
-
-ModelDep = Annotated[ServedModel, Depends(get_model)]
-
-
-@dataclass(frozen=True)
-class ModelCall:
-    """What a route of one model needs, from one dependency: each dependency costs FastAPI a
-    few microseconds a request, and the predict and uncertainty routes are the hot path."""
-
-    served: ServedModel
-    settings: Settings
-    metrics: Metrics
-    batcher: Batcher
-    may_hold_booleans: bool  # a JSON body with a true or false token, or no JSON body
-
-
-async def get_model_call(model: str, request: Request) -> ModelCall:
-    state = request.state
-    served = await get_model(model, state.registry)
-    booleans = getattr(state, JSON_BOOLEANS, True)
-    return ModelCall(served, state.registry.settings, state.metrics, state.batcher, booleans)
-
-
-ModelCallDep = Annotated[ModelCall, Depends(get_model_call)]
 
 
 class JSONRequest(Request):
-    """Parses JSON bodies with pydantic-core's parser: for 784 floats about 6x faster than the
-    json module (bench/request_profile.py). A body it refuses goes to the json module, whose
-    result or error (what FastAPI turns into a 4xx) is then the answer."""
+    """Parses JSON bodies with pydantic-core's parser, several times faster than the json module
+    for 784 floats (docs/performance.md#where-a-requests-time-goes, bench/request_profile.py). A
+    body it refuses goes to the json module, whose result or error (what FastAPI turns into a
+    4xx) is then the answer."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
@@ -120,13 +51,13 @@ class JSONRequest(Request):
                 self._json = pydantic_core.from_json(body)
             except ValueError:
                 self._json = json.loads(json_text(body))
-            # Without either token the pixels need no scan for booleans (service/pixels.py):
+            # Without either token the pixels need no scan for booleans (service/inputs/pixels.py):
             # the bytes tell, as the text is UTF-8.
             setattr(self.state, JSON_BOOLEANS, b"true" in body or b"false" in body)
         return self._json
 
 
-class JSONRoute(APIRoute):
+class JSONRoute(KeyedRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
 
@@ -136,8 +67,6 @@ class JSONRoute(APIRoute):
         return route
 
 
-health = APIRouter(prefix="/health", tags=["health"])
-operations = APIRouter(tags=["operations"])
 v1 = APIRouter(prefix="/v1/models", tags=["v1"], route_class=JSONRoute)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -162,32 +91,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-@health.get("/live", response_model_exclude_none=True)
-def live() -> Health:
-    """The process is up."""
-    return Health(status="live")
-
-
-@health.get("/ready", responses={503: {"model": Health}}, response_model_exclude_none=True)
-def ready(registry: RegistryDep, response: Response) -> Health:
-    """200 once a model is loaded and serving, else 503 with the reason."""
-    if registry.ready:
-        return Health(status="ready")
-    response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    response.headers.update(RETRY_AFTER)
-    return Health(status="not ready", reason=registry.reason)
-
-
-@operations.get(
-    "/metrics",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
-)
-def metrics(metrics: MetricsDep) -> PlainTextResponse:
-    """Prometheus metrics: requests, latency, batch sizes, MC samples, agreement, load failures."""
-    return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
 @v1.get("", responses={401: ERRORS[401], 503: ERRORS[503]})
 def list_models(registry: RegistryDep) -> ModelList:
     """Model cards of every served model."""
@@ -207,31 +110,28 @@ def invalid(loc: list[str | int], msg: str) -> HTTPException:
     return HTTPException(422, [{"loc": ["body", *loc], "msg": msg, "type": "value_error"}])
 
 
-def check_limits(n: int, samples: int, settings: Settings) -> None:
-    """n instances of `samples` passes each (1 for eval) within the limits, or 422 / 413."""
-    if n > settings.max_instances:
-        limit = settings.max_instances
-        raise invalid(["instances"], f"instances: {n} exceeds the limit of {limit} per request")
-    if n * samples > settings.max_total_samples:
-        raise HTTPException(
-            413,
-            f"instances x samples = {n} x {samples} = {n * samples} exceeds the limit of "
-            f"{settings.max_total_samples}",
-        )
+def within_limits(instances: int, samples: int, settings: Settings) -> None:
+    """v1's answer to LimitError: 422 naming `instances` for too many, else 413."""
+    try:
+        check_limits(instances, samples, settings)
+    except LimitError as e:
+        if e.field is not None:
+            raise invalid([e.field], e.message) from None
+        raise HTTPException(413, e.message) from None
 
 
 def _pixels(
     instances: list[Any], settings: Settings, samples: int = 1, booleans: bool = True
 ) -> torch.Tensor:
     """Limits first, then conversion: nothing is allocated for a request over the limits."""
-    check_limits(len(instances), samples, settings)
+    within_limits(len(instances), samples, settings)
     try:
         return torch.from_numpy(to_pixels(instances, booleans))
     except InstanceError as e:
         raise invalid(["instances", e.index], str(e)) from None
 
 
-# Inference runs in the batcher's runner (service/batching.py), never on the event loop.
+# Inference runs in the batcher's runner (service/inference/), never on the event loop.
 @v1.post("/{model}/predict", responses=ERRORS)
 async def predict(body: PredictRequest, call: ModelCallDep) -> PredictResponse:
     """Eval-mode prediction: dropout off, deterministic."""
@@ -252,7 +152,7 @@ async def predict(body: PredictRequest, call: ModelCallDep) -> PredictResponse:
     )
 
 
-def _uncertainty_items(answer: MCAnswer, served: ServedModel) -> list[dict[str, Any]]:
+def uncertainty_items(answer: MCAnswer, served: ServedModel) -> list[dict[str, Any]]:
     threshold = served.abstain_below
     columns = {
         "class_index": answer.class_index,
@@ -306,7 +206,7 @@ async def answer_uncertainty(
             "version": served.version,
             "samples": samples,
             "seed": seed,
-            "predictions": _uncertainty_items(answer, served),
+            "predictions": uncertainty_items(answer, served),
         }
     )
 

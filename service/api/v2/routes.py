@@ -1,4 +1,5 @@
-"""The KServe V2 Open Inference Protocol beside v1: health, metadata and infer under /v2.
+"""The KServe V2 Open Inference Protocol's routes: server metadata and health (open), model
+metadata, readiness and infer (behind the API key, when one is set).
 
 tritonclient posts infer bodies without a Content-Type header, so the body is read raw and
 checked here rather than by FastAPI. Every error is {"error": "..."}, as the protocol asks.
@@ -8,21 +9,17 @@ import json
 import logging
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from service.body import release_body
-from service.pixels import FEATURES
-from service.registry import Registry, ServedModel
-from service.routes import BatcherDep
-from service.settings import Settings
-from service.v2_infer import INPUT, OUTPUTS, Plan, check_limits, pixel_input, plan, run
-from service.v2_tensors import (
+from service.api.deps import RETRY_AFTER, BatcherDep, KeyedRoute, ModelDep, RegistryDep
+from service.api.v2.infer import INPUT, OUTPUTS, Plan, pixel_input, plan, run, within_limits
+from service.api.v2.tensors import (
     V2Error,
     check_pixel_shape,
     encode_response,
@@ -30,10 +27,12 @@ from service.v2_tensors import (
     read_pixels,
     split_body,
 )
+from service.edge.body import release_body
+from service.inputs.pixels import FEATURES
+from service.registry import ServedModel
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
-
-RETRY_AFTER = {"Retry-After": "1"}
 
 
 def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
@@ -61,7 +60,13 @@ class V2Route(APIRoute):
         return guarded
 
 
-v2 = APIRouter(prefix="/v2", tags=["v2"], route_class=V2Route)
+class V2KeyedRoute(V2Route, KeyedRoute):
+    """A V2 route behind the API key: its 401 in the protocol's form."""
+
+
+PREFIX = "/v2"
+v2 = APIRouter(prefix=PREFIX, tags=["v2"], route_class=V2Route)
+v2_models = APIRouter(prefix=f"{PREFIX}/models", tags=["v2"], route_class=V2KeyedRoute)
 
 
 class V2ErrorBody(BaseModel):
@@ -93,33 +98,6 @@ VERSION = {
 }
 
 
-async def get_registry(request: Request) -> Registry:
-    registry: Registry = request.state.registry
-    return registry
-
-
-RegistryDep = Annotated[Registry, Depends(get_registry)]
-
-
-async def get_model(request: Request, model: str, registry: RegistryDep) -> ServedModel:
-    # Serving, not ready: while draining at shutdown, requests that still arrive are answered.
-    if not registry.serving:
-        raise V2Error(503, f"not ready: {registry.reason}", RETRY_AFTER)
-    served = registry.models.get(model)
-    if served is None:
-        known = ", ".join(sorted(registry.models))
-        raise V2Error(404, f"model {model!r} not found; available: {known}")
-    version = request.path_params.get("version")
-    if version is not None and version != served.version:
-        raise V2Error(
-            404, f"model {model!r} has no version {version!r}; available: {served.version}"
-        )
-    return served
-
-
-ModelDep = Annotated[ServedModel, Depends(get_model)]
-
-
 @v2.get("")
 def server_metadata(request: Request) -> dict[str, Any]:
     """Server metadata: name, version and the protocol extensions served."""
@@ -144,8 +122,8 @@ def ready(registry: RegistryDep) -> dict[str, bool]:
     return {"ready": True}
 
 
-@v2.get("/models/{model}", responses=MODEL_ERRORS)
-@v2.get("/models/{model}/versions/{version}", responses=MODEL_ERRORS, openapi_extra=VERSION)
+@v2_models.get("/{model}", responses=MODEL_ERRORS)
+@v2_models.get("/{model}/versions/{version}", responses=MODEL_ERRORS, openapi_extra=VERSION)
 def model_metadata(served: ModelDep) -> dict[str, Any]:
     """Model metadata: the input and every output, with -1 for the batch axis."""
     classes = len(served.labels)
@@ -165,8 +143,8 @@ def model_metadata(served: ModelDep) -> dict[str, Any]:
     }
 
 
-@v2.get("/models/{model}/ready", responses=MODEL_ERRORS)
-@v2.get("/models/{model}/versions/{version}/ready", responses=MODEL_ERRORS, openapi_extra=VERSION)
+@v2_models.get("/{model}/ready", responses=MODEL_ERRORS)
+@v2_models.get("/{model}/versions/{version}/ready", responses=MODEL_ERRORS, openapi_extra=VERSION)
 def model_ready(served: ModelDep) -> dict[str, Any]:
     """200 when the model serves (404 unknown, 503 while loading)."""
     return {"name": served.name, "ready": True}
@@ -193,7 +171,7 @@ def parse_call(raw: bytes, request: Request, served: ServedModel, settings: Sett
     body = parse_request(header)
     asked = plan(body, served, settings)
     tensor = pixel_input(body)
-    check_limits(check_pixel_shape(tensor), asked.samples, settings)
+    within_limits(check_pixel_shape(tensor), asked.samples, settings)
     X = torch.from_numpy(read_pixels(tensor, binary))
     head: dict[str, Any] = {"model_name": served.name, "model_version": served.version}
     if body.id is not None:
@@ -205,9 +183,9 @@ def parse_call(raw: bytes, request: Request, served: ServedModel, settings: Sett
     return Call(X, asked, head)
 
 
-# Inference runs in the batcher's runner (service/batching.py), never on the event loop.
-@v2.post("/models/{model}/infer", responses=INFER_ERRORS)
-@v2.post("/models/{model}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=VERSION)
+# Inference runs in the batcher's runner (service/inference/), never on the event loop.
+@v2_models.post("/{model}/infer", responses=INFER_ERRORS)
+@v2_models.post("/{model}/versions/{version}/infer", responses=INFER_ERRORS, openapi_extra=VERSION)
 async def infer(
     served: ModelDep, registry: RegistryDep, request: Request, batcher: BatcherDep
 ) -> Response:

@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticError
 
-from service.body import json_text
-from service.pixels import FEATURES, SIDE
+from service.edge.body import json_text
+from service.inputs.pixels import FEATURES, SIDE, first_bad_pixel
 
 Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
 Parameters = dict[str, Parameter]
@@ -80,7 +80,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 
 
 def parse_request(header: bytes) -> InferenceRequest:
-    """The JSON header (UTF-8 only: service.body.json_text)."""
+    """The JSON header (UTF-8 only: service.edge.body.json_text)."""
     try:
         document = json.loads(json_text(header))
     except ValueError as e:
@@ -170,13 +170,10 @@ def _to_pixels(tensor: InputTensor, values: np.ndarray) -> np.ndarray:
         # v1 gets p / 255 computed in float64 and rounds it to float32: so does this.
         scaled = values.astype(np.float64) / 255
         return scaled.astype(np.float32).reshape(-1, FEATURES)
-    bad_at = np.flatnonzero(~np.isfinite(values))
-    if bad_at.size:
-        raise bad(f"{_locate(tensor, int(bad_at[0]))} is NaN or infinite")
-    bad_at = np.flatnonzero((values < 0) | (values > 1))
-    if bad_at.size:
-        i = int(bad_at[0])
-        raise bad(f"{_locate(tensor, i)} is {values[i]:g}, outside [0, 1]")
+    not_pixel = first_bad_pixel(values)
+    if not_pixel is not None:
+        i, reason = not_pixel
+        raise bad(f"{_locate(tensor, i)} {reason}")
     return values.astype(np.float32).reshape(-1, FEATURES)  # a copy: writable, contiguous
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageOps
 
-from service.pixels import FEATURES, SIDE
+from service.inputs.pixels import FEATURES, SIDE
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP")
 
