@@ -10,7 +10,7 @@ from typing import Any
 from models.checkpoint import CheckpointError
 from models.mlp import DropoutMLP
 from training import calibrate, distributed, evaluate, experiments, report, train
-from training.data import DataError
+from training.data import DataError, Split
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             skip.add("target_accuracy")
             options = {k: v for k, v in vars(args).items() if k not in skip}
 
-            def finalize(model: DropoutMLP, val: train.Split, test: train.Split) -> dict[str, Any]:
+            def finalize(model: DropoutMLP, val: Split, test: Split) -> dict[str, Any]:
                 fitted = calibrate.calibrate(
                     model,
                     val,

@@ -13,7 +13,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.engine import Engine, MCRequest
 from models.mlp import DropoutMLP
 from models.stats import summarize
-from training.train import Split, TrainConfig, load_splits
+from training.data import VAL_SIZE, Split, load_splits
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,8 @@ def run(
 ) -> Calibration:
     """Calibrate an existing checkpoint in place (an atomic rewrite with the same weights)."""
     ckpt = load_checkpoint(checkpoint)
-    val_size = int(ckpt.metadata.get("training", {}).get("val_size", TrainConfig.val_size))
-    _, _, val, test = load_splits(TrainConfig(data_dir=data_dir, val_size=val_size))
+    val_size = int(ckpt.metadata.get("training", {}).get("val_size", VAL_SIZE))
+    _, _, val, test = load_splits(data_dir, val_size=val_size)
     result = calibrate(ckpt.model, val, test, samples=samples, seed=seed, target=target)
     meta = {k: v for k, v in ckpt.metadata.items() if k not in ("config", "labels")}
     save_checkpoint(checkpoint, ckpt.model, ckpt.labels, meta | {"calibration": result.to_dict()})

@@ -1,4 +1,5 @@
-"""Find, verify and parse the Fashion-MNIST IDX files."""
+"""Find, verify and parse the Fashion-MNIST IDX files, and split them into the training,
+validation and test tensors that training, calibration, evaluation and the experiments share."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from models.checkpoint import atomic_write_bytes
 
@@ -43,6 +45,7 @@ FILES: dict[str, str] = {
 UPSTREAM_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FASHION_MNIST_DIR"
+VAL_SIZE = 5000  # training images held out for validation, by default
 
 # The largest real file is 47 MB; the cap stops a hostile or broken .gz from filling memory.
 MAX_BYTES = 128 * 1024 * 1024
@@ -283,3 +286,32 @@ def split_validation(
         )
     order = np.random.Generator(np.random.PCG64(seed)).permutation(n)
     return np.sort(order[val_size:]), np.sort(order[:val_size])
+
+
+@dataclass
+class Split:
+    X: torch.Tensor  # [n, 784] float32 in [0, 1]
+    y: torch.Tensor  # [n] int64
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray) -> Split:
+        X = torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
+        return cls(X, torch.from_numpy(labels.astype(np.int64)))
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.X.to(device), self.y.to(device))
+
+
+def load_splits(
+    data_dir: Path | None = None, *, val_size: int = VAL_SIZE, limit: int | None = None
+) -> tuple[FashionMNIST, Split, Split, Split]:
+    """(data, train, val, test): validation held out of the training images by the fixed
+    permutation of split_validation; limit keeps the first N training examples only."""
+    data = load_fashion_mnist(data_dir)
+    train_idx, val_idx = split_validation(len(data.train_labels), val_size)
+    if limit is not None:
+        train_idx = train_idx[:limit]
+    train = Split.from_numpy(data.train_images[train_idx], data.train_labels[train_idx])
+    val = Split.from_numpy(data.train_images[val_idx], data.train_labels[val_idx])
+    test = Split.from_numpy(data.test_images, data.test_labels)
+    return data, train, val, test

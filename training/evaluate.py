@@ -7,8 +7,7 @@ import torch
 
 from models.checkpoint import load_checkpoint
 from models.engine import Engine, MCRequest, engine_for
-from training.data import load_fashion_mnist
-from training.train import Split
+from training.data import Split, load_fashion_mnist
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,8 @@ from models.engine import Engine, MCRequest
 from models.mlp import forward_layers
 from models.stats import UncertaintyStats
 from training import metrics, plots
-from training.data import load_fashion_mnist
+from training.data import Split, load_fashion_mnist
 from training.report_md import render
-from training.train import Split
 from training.variants import concat_stats
 
 ROTATIONS = tuple(range(0, 181, 15))

@@ -11,8 +11,8 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.engine import Engine
 from training import __main__ as cli
 from training import report
-from training.data import LABELS
-from training.train import Split, TrainConfig, fit, load_splits
+from training.data import LABELS, Split, load_splits
+from training.train import TrainConfig, fit
 
 PLOTS = (
     "reliability.png",
@@ -37,7 +37,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         resume=False,
         progress=False,
     )
-    _, train, val, _ = load_splits(cfg)
+    _, train, val, _ = load_splits(cfg.data_dir, limit=cfg.limit)
     model, _ = fit(cfg, train, val, lambda *_: None)
     calibration = {"temperature_eval": 1.5, "temperature_mc": 1.25}
     save_checkpoint(cfg.out, model, LABELS, {"calibration": calibration})

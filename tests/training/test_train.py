@@ -7,7 +7,8 @@ import torch
 from models.checkpoint import CheckpointError, load_checkpoint, weights_of
 from models.mlp import DropoutMLP
 from training import __main__ as cli
-from training.train import Split, State, TrainConfig, fit, save_state, state_path
+from training.data import Split
+from training.train import State, TrainConfig, fit, save_state, state_path
 
 
 def blobs(n: int, seed: int) -> Split:

@@ -9,6 +9,7 @@ import torch
 from models.dropout import dropout_layer
 from models.mlp import DropoutMLP, MLPConfig, build_model
 from training import plots
+from training.data import Split
 from training.experiments.common import (
     Budget,
     Data,
@@ -20,7 +21,6 @@ from training.experiments.common import (
 )
 from training.train import (
     CHAPTER_OPTIMIZER,
-    Split,
     State,
     TrainConfig,
     evaluate_split,
