@@ -15,13 +15,13 @@ from torch.nn import functional as F
 
 from models.calibration import nll as logits_nll
 from models.checkpoint import Checkpoint, load_checkpoint
-from models.engine import Engine, MCRequest
+from models.engine import Engine
 from models.mlp import forward_layers
 from models.stats import UncertaintyStats
 from training import metrics, plots
 from training.data import Split, load_fashion_mnist
+from training.mc import BLOCK, engine_logits, engine_stats
 from training.report_md import render
-from training.variants import concat_stats
 
 ROTATIONS = tuple(range(0, 181, 15))
 NOISE_LEVELS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
@@ -36,7 +36,7 @@ class ReportConfig:
     limit: int | None = None  # the first N test images (and at most N of each OOD set)
     samples: tuple[int, ...] = (10, 30, 100, 300)
     seed: int = 0
-    block: int = 500  # images per seeded MC request, as in training.evaluate
+    block: int = BLOCK  # images per seeded MC request (training.mc)
 
     def __post_init__(self) -> None:
         if not self.samples or any(n < 1 for n in self.samples):
@@ -52,14 +52,6 @@ class ReportConfig:
     def reference_samples(self) -> int:
         """N for error detection, shift and OOD: 100 if asked for, else the largest."""
         return 100 if 100 in self.samples else max(self.samples)
-
-
-def engine_stats(
-    engine: Engine, X: torch.Tensor, samples: int, seed: int, block: int = 500
-) -> UncertaintyStats:
-    """One seeded request per block of images: reproducible for a seed and block size."""
-    requests = [MCRequest(X[i : i + block], samples, seed + i) for i in range(0, len(X), block)]
-    return concat_stats(engine.uncertainty(requests))
 
 
 def quality(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -158,12 +150,6 @@ def shift_rows(
     return rows
 
 
-def mc_logits(engine: Engine, X: torch.Tensor, samples: int, seed: int, block: int) -> torch.Tensor:
-    """[samples, n, classes]: the very passes engine_stats() draws, as logits."""
-    requests = [MCRequest(X[i : i + block], samples, seed + i) for i in range(0, len(X), block)]
-    return torch.cat([engine.sample_logits(r) for r in requests], dim=1)
-
-
 def temperature_section(
     ckpt: Checkpoint, engine: Engine, cfg: ReportConfig, split: Split, folder: Path
 ) -> dict[str, Any] | None:
@@ -176,7 +162,7 @@ def temperature_section(
         eval_logits = forward_layers(
             ckpt.model.layers(), ckpt.config.dropout, split.X, dropout=False
         )
-    logits = mc_logits(engine, split.X, cfg.reference_samples, cfg.seed, cfg.block)  # [N, n, C]
+    logits = engine_logits(engine, split.X, cfg.reference_samples, cfg.seed, cfg.block)
     section: dict[str, Any] = {"temperature_eval": t_eval, "temperature_mc": t_mc}
     diagrams = {}
     for mode, z, t in (("eval", eval_logits, t_eval), ("mc", logits, t_mc)):

@@ -16,7 +16,8 @@ from models.mlp import DropoutMLP
 from models.stats import UncertaintyStats
 from training import metrics
 from training.data import Split, load_splits
-from training.report import digits_28x28, engine_stats, finite, uncertainty_scores
+from training.mc import engine_stats
+from training.report import digits_28x28, finite, uncertainty_scores
 from training.report_md import fmt
 from training.train import CHAPTER_OPTIMIZER, State, TrainConfig, fit
 from training.variants import NoisyMLP, mc_stats
