@@ -17,8 +17,10 @@ from models.stats import UncertaintyStats
 from training import metrics
 from training.data import Split, load_splits
 from training.mc import engine_stats
-from training.report import digits_28x28, finite, uncertainty_scores
-from training.report_md import fmt
+from training.report import finite
+from training.report.markdown import fmt
+from training.report.sections import uncertainty_scores
+from training.report.sets import digits_28x28
 from training.train import CHAPTER_OPTIMIZER, State, TrainConfig, fit
 from training.variants import NoisyMLP, mc_stats
 
