@@ -86,15 +86,6 @@ class NoisyMLP(nn.Module):
                 H = F.relu(H)
         return H
 
-    def hidden_activations(self, X: torch.Tensor) -> list[torch.Tensor]:
-        """Post-ReLU activations of each hidden layer, noise off."""
-        linears: list[nn.Linear] = list(self.linears)  # type: ignore[arg-type]
-        H, out = X.reshape(X.shape[0], -1), []
-        for linear in linears[:-1]:
-            H = F.relu(linear(H))
-            out.append(H)
-        return out
-
 
 def mc_stats(
     model: NoisyMLP, X: torch.Tensor, samples: int, seed: int, batch: int = 2000

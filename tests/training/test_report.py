@@ -12,7 +12,7 @@ from models.engine import Engine
 from training import __main__ as cli
 from training.data import LABELS, Split, load_splits
 from training.report.config import ReportConfig
-from training.report.sections import SCORES, temperature_section
+from training.report.sections import temperature_section
 from training.report.sets import NOISE_LEVELS, add_noise, digits_28x28, rotate
 from training.train import TrainConfig, fit
 
@@ -24,6 +24,8 @@ PLOTS = (
     "shift_rotation.png",
     "shift_noise.png",
 )
+# The scores of training.report.sections.uncertainty_scores, higher meaning less trustworthy.
+SCORES = ("max_probability", "agreement", "predictive_entropy", "mutual_information")
 
 
 @pytest.fixture(scope="module")

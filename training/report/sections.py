@@ -20,8 +20,6 @@ from training.report import plots
 from training.report.config import ReportConfig
 from training.report.sets import NOISE_LEVELS, ROTATIONS, add_noise, ood_sets, rotate
 
-SCORES = ("max_probability", "agreement", "predictive_entropy", "mutual_information")
-
 
 def quality(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     return {
