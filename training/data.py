@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -178,13 +179,19 @@ def _help(cache: Path, base_url: str, stems: Mapping[str, str]) -> str:
     )
 
 
-def _locate(
-    explicit: Path | None,
-    hashes: Mapping[str, str],
-    base_url: str,
-    download_missing: bool,
-    cache_dir: Path | None,
-) -> tuple[Path, bool]:
+class LocateOptions(TypedDict, total=False):
+    """The keyword options of locate() and load_fashion_mnist()."""
+
+    hashes: Mapping[str, str]  # file stem -> SHA-256 of its uncompressed bytes; default FILES
+    base_url: str  # where missing files are downloaded from; default UPSTREAM_URL
+    download: bool  # download them into the cache if no folder holds them; default True
+    cache_dir: Path | None  # the cache; default default_cache_dir()
+
+
+def _locate(explicit: Path | None, options: LocateOptions) -> tuple[Path, bool]:
+    hashes = options.get("hashes", FILES)
+    base_url = options.get("base_url", UPSTREAM_URL)
+    cache_dir = options.get("cache_dir")
     env = os.environ.get(ENV_VAR)
     for given, origin in ((explicit, "--data-dir"), (Path(env) if env else None, ENV_VAR)):
         if given is None:
@@ -202,7 +209,7 @@ def _locate(
         if not _missing(folder, hashes):
             return folder, False
     looked = f"Fashion-MNIST not found in {DEBIAN_DIR} or {cache}"
-    if not download_missing:
+    if not options.get("download", True):
         raise DataError(f"{looked}.\n{_help(cache, base_url, hashes)}")
     try:
         download(cache, base_url=base_url, hashes=hashes)
@@ -212,15 +219,10 @@ def _locate(
     return cache, True
 
 
-def locate(
-    explicit: Path | None = None,
-    *,
-    hashes: Mapping[str, str] = FILES,
-    base_url: str = UPSTREAM_URL,
-    download: bool = True,
-    cache_dir: Path | None = None,
-) -> Path:
-    return _locate(explicit, hashes, base_url, download, cache_dir)[0]
+def locate(explicit: Path | None = None, **options: Unpack[LocateOptions]) -> Path:
+    """The folder that holds the files: explicit, else $FASHION_MNIST_DIR, else Debian's folder
+    or the cache, else the cache after downloading them there."""
+    return _locate(explicit, options)[0]
 
 
 def _fetch(url: str, timeout: float) -> bytes:
@@ -249,16 +251,13 @@ def download(dest: Path, *, base_url: str, hashes: Mapping[str, str], timeout: f
 
 
 def load_fashion_mnist(
-    explicit: Path | None = None,
-    *,
-    hashes: Mapping[str, str] = FILES,
-    base_url: str = UPSTREAM_URL,
-    download: bool = True,
-    cache_dir: Path | None = None,
+    explicit: Path | None = None, **options: Unpack[LocateOptions]
 ) -> FashionMNIST:
+    """The four files from the folder locate() finds, each verified and parsed."""
+    hashes = options.get("hashes", FILES)
     if set(hashes) != set(FILES):
         raise ValueError(f"hashes must have exactly the keys {sorted(FILES)}")
-    folder, downloaded = _locate(explicit, hashes, base_url, download, cache_dir)
+    folder, downloaded = _locate(explicit, options)
     arrays: dict[str, npt.NDArray[np.uint8]] = {}
     for stem, sha256 in hashes.items():
         path = _find(folder, stem)
