@@ -1,4 +1,24 @@
-"""python -m training {train,calibrate,evaluate} ..."""
+"""python -m training COMMAND: every command names its handler (set_defaults(handler=...)).
+
+  train [--out PATH] [--data-dir DIR] [--epochs N] [--batch-size N] [--lr LR] [--momentum M]
+        [--weight-decay W] [--hidden 256,256] [--dropout 0.2,0.5] [--variant scratch|concise]
+        [--schedule constant|cosine] [--seed S] [--val-size N] [--limit N] [--dry-run]
+        [--no-resume] [--no-progress]
+        [--calibration-samples N] [--calibration-seed S] [--target-accuracy A]
+      Train the dropout MLP on Fashion-MNIST, then calibrate it and write the checkpoint; under
+      torchrun the same training runs data-parallel (training/distributed.py).
+  calibrate CHECKPOINT [--data-dir DIR]
+        [--calibration-samples N] [--calibration-seed S] [--target-accuracy A]
+      Fit the temperatures and the abstention threshold again, in the checkpoint.
+  evaluate CHECKPOINT [--data-dir DIR] [--samples N] [--seed S] [--json]
+      Test accuracy in eval and MC mode, and agreement on right and wrong predictions.
+  report CHECKPOINT [--out DIR] [--data-dir DIR] [--limit N] [--samples 10,30,100,300] [--seed S]
+      Calibration, error detection, shift and OOD report (training/report/).
+  experiment NAME [--epochs N] [--quick] [--seed S] [--samples N] [--out DIR] [--data-dir DIR]
+      One of the chapter's exercises (training/experiments/).
+
+`python -m training COMMAND --help` gives the defaults.
+"""
 
 import argparse
 import json
@@ -10,7 +30,7 @@ from typing import Any
 from models.checkpoint import CheckpointError
 from models.mlp import DropoutMLP
 from training import calibrate, distributed, evaluate, experiments, report, train
-from training.data import DataError
+from training.data import DataError, Split
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -44,10 +64,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--dry-run", action="store_true", help="1 epoch on 2048 examples, N=10")
     t.add_argument("--no-resume", dest="resume", action="store_false")
     t.add_argument("--no-progress", dest="progress", action="store_false")
+    t.set_defaults(handler=train_command)
 
     c = sub.add_parser("calibrate", help="fit temperatures and the abstention threshold again")
     c.add_argument("checkpoint", type=Path)
     c.add_argument("--data-dir", type=Path)
+    c.set_defaults(handler=calibrate_command)
     for parser_ in (t, c):
         parser_.add_argument(
             "--calibration-samples", type=int, default=100, help="MC passes used to calibrate"
@@ -66,59 +88,60 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=100, help="MC passes per image")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    e.set_defaults(handler=evaluate_command)
     report.add_parser(sub)
     experiments.add_parser(sub)
     return p
+
+
+def train_command(args: argparse.Namespace) -> None:
+    if args.dry_run:
+        args.epochs, args.limit, args.calibration_samples = 1, 2048, 10
+    skip = {"command", "handler", "dry_run", "calibration_samples", "calibration_seed"}
+    skip.add("target_accuracy")
+    options = {k: v for k, v in vars(args).items() if k not in skip}
+
+    def finalize(model: DropoutMLP, val: Split, test: Split) -> dict[str, Any]:
+        fitted = calibrate.calibrate(
+            model,
+            val,
+            test,
+            samples=args.calibration_samples,
+            seed=args.calibration_seed,
+            target=args.target_accuracy,
+        )
+        return {"calibration": fitted.to_dict()}
+
+    # Started by torchrun: the same training, data-parallel (training/distributed.py).
+    run = distributed.run if distributed.launched() else train.run
+    run(train.TrainConfig(**options), finalize)
+
+
+def calibrate_command(args: argparse.Namespace) -> None:
+    fitted = calibrate.run(
+        args.checkpoint,
+        args.data_dir,
+        args.calibration_samples,
+        args.calibration_seed,
+        args.target_accuracy,
+    )
+    print(json.dumps(fitted.to_dict(), indent=2))
+
+
+def evaluate_command(args: argparse.Namespace) -> None:
+    result = evaluate.run(args.checkpoint, args.data_dir, args.samples, args.seed)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    for key, value in result.to_dict().items():
+        print(f"{key:>22}: {value:.4f}" if isinstance(value, float) else f"{key:>22}: {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
-        if hasattr(args, "handler"):  # report, experiment
-            args.handler(args)
-            return 0
-        if args.command == "train":
-            if args.dry_run:
-                args.epochs, args.limit, args.calibration_samples = 1, 2048, 10
-            skip = {"command", "dry_run", "calibration_samples", "calibration_seed"}
-            skip.add("target_accuracy")
-            options = {k: v for k, v in vars(args).items() if k not in skip}
-
-            def finalize(model: DropoutMLP, val: train.Split, test: train.Split) -> dict[str, Any]:
-                fitted = calibrate.calibrate(
-                    model,
-                    val,
-                    test,
-                    samples=args.calibration_samples,
-                    seed=args.calibration_seed,
-                    target=args.target_accuracy,
-                )
-                return {"calibration": fitted.to_dict()}
-
-            # Started by torchrun: the same training, data-parallel (training/distributed.py).
-            run = distributed.run if distributed.launched() else train.run
-            run(train.TrainConfig(**options), finalize)
-        elif args.command == "calibrate":
-            fitted = calibrate.run(
-                args.checkpoint,
-                args.data_dir,
-                args.calibration_samples,
-                args.calibration_seed,
-                args.target_accuracy,
-            )
-            print(json.dumps(fitted.to_dict(), indent=2))
-        else:
-            result = evaluate.run(args.checkpoint, args.data_dir, args.samples, args.seed)
-            if args.json:
-                print(json.dumps(result.to_dict(), indent=2))
-            else:
-                for key, value in result.to_dict().items():
-                    print(
-                        f"{key:>22}: {value:.4f}"
-                        if isinstance(value, float)
-                        else f"{key:>22}: {value}"
-                    )
+        args.handler(args)
     except (DataError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,10 +10,11 @@ from torch.nn import functional as F
 
 from models.calibration import apply_threshold, fit_temperature, nll, select_threshold
 from models.checkpoint import load_checkpoint, save_checkpoint
-from models.engine import Engine, MCRequest
+from models.engine import Engine
 from models.mlp import DropoutMLP
 from models.stats import summarize
-from training.train import Split, TrainConfig, load_splits
+from training.data import VAL_SIZE, Split, load_splits
+from training.mc import engine_logits
 
 
 @dataclass(frozen=True)
@@ -44,19 +45,6 @@ def eval_logits(model: DropoutMLP, X: torch.Tensor, block: int = 2048) -> torch.
         return torch.cat([model(X[i : i + block]) for i in range(0, len(X), block)])
 
 
-def mc_logits(
-    engine: Engine, X: torch.Tensor, samples: int, seed: int, block: int = 500
-) -> torch.Tensor:
-    """[samples, n, classes]: one seeded request per block, as training/evaluate.py does."""
-    return torch.cat(
-        [
-            engine.sample_logits(MCRequest(X[i : i + block], samples, seed + i))
-            for i in range(0, len(X), block)
-        ],
-        dim=1,
-    )
-
-
 def agreement_and_correct(
     logits: torch.Tensor, labels: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,12 +62,12 @@ def calibrate(
     target: float = 0.99,
 ) -> Calibration:
     raw = Engine(model)
-    z_eval, z_mc = eval_logits(model, val.X), mc_logits(raw, val.X, samples, seed)
+    z_eval, z_mc = eval_logits(model, val.X), engine_logits(raw, val.X, samples, seed)
     t_eval, t_mc = fit_temperature(z_eval, val.y), fit_temperature(z_mc, val.y)
     threshold = select_threshold(*agreement_and_correct(z_mc, val.y, t_mc), target)
     coverage_test = accuracy_test = None
     if test is not None:
-        test_logits = mc_logits(raw, test.X, samples, seed)
+        test_logits = engine_logits(raw, test.X, samples, seed)
         on_test = apply_threshold(
             *agreement_and_correct(test_logits, test.y, t_mc), threshold.threshold
         )
@@ -106,8 +94,8 @@ def run(
 ) -> Calibration:
     """Calibrate an existing checkpoint in place (an atomic rewrite with the same weights)."""
     ckpt = load_checkpoint(checkpoint)
-    val_size = int(ckpt.metadata.get("training", {}).get("val_size", TrainConfig.val_size))
-    _, _, val, test = load_splits(TrainConfig(data_dir=data_dir, val_size=val_size))
+    val_size = int(ckpt.metadata.get("training", {}).get("val_size", VAL_SIZE))
+    _, _, val, test = load_splits(data_dir, val_size=val_size)
     result = calibrate(ckpt.model, val, test, samples=samples, seed=seed, target=target)
     meta = {k: v for k, v in ckpt.metadata.items() if k not in ("config", "labels")}
     save_checkpoint(checkpoint, ckpt.model, ckpt.labels, meta | {"calibration": result.to_dict()})

@@ -1,4 +1,5 @@
-"""Find, verify and parse the Fashion-MNIST IDX files."""
+"""Find, verify and parse the Fashion-MNIST IDX files, and split them into the training,
+validation and test tensors that training, calibration, evaluation and the experiments share."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
 from models.checkpoint import atomic_write_bytes
 
@@ -43,6 +46,7 @@ FILES: dict[str, str] = {
 UPSTREAM_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FASHION_MNIST_DIR"
+VAL_SIZE = 5000  # training images held out for validation, by default
 
 # The largest real file is 47 MB; the cap stops a hostile or broken .gz from filling memory.
 MAX_BYTES = 128 * 1024 * 1024
@@ -175,13 +179,19 @@ def _help(cache: Path, base_url: str, stems: Mapping[str, str]) -> str:
     )
 
 
-def _locate(
-    explicit: Path | None,
-    hashes: Mapping[str, str],
-    base_url: str,
-    download_missing: bool,
-    cache_dir: Path | None,
-) -> tuple[Path, bool]:
+class LocateOptions(TypedDict, total=False):
+    """The keyword options of locate() and load_fashion_mnist()."""
+
+    hashes: Mapping[str, str]  # file stem -> SHA-256 of its uncompressed bytes; default FILES
+    base_url: str  # where missing files are downloaded from; default UPSTREAM_URL
+    download: bool  # download them into the cache if no folder holds them; default True
+    cache_dir: Path | None  # the cache; default default_cache_dir()
+
+
+def _locate(explicit: Path | None, options: LocateOptions) -> tuple[Path, bool]:
+    hashes = options.get("hashes", FILES)
+    base_url = options.get("base_url", UPSTREAM_URL)
+    cache_dir = options.get("cache_dir")
     env = os.environ.get(ENV_VAR)
     for given, origin in ((explicit, "--data-dir"), (Path(env) if env else None, ENV_VAR)):
         if given is None:
@@ -199,7 +209,7 @@ def _locate(
         if not _missing(folder, hashes):
             return folder, False
     looked = f"Fashion-MNIST not found in {DEBIAN_DIR} or {cache}"
-    if not download_missing:
+    if not options.get("download", True):
         raise DataError(f"{looked}.\n{_help(cache, base_url, hashes)}")
     try:
         download(cache, base_url=base_url, hashes=hashes)
@@ -209,15 +219,10 @@ def _locate(
     return cache, True
 
 
-def locate(
-    explicit: Path | None = None,
-    *,
-    hashes: Mapping[str, str] = FILES,
-    base_url: str = UPSTREAM_URL,
-    download: bool = True,
-    cache_dir: Path | None = None,
-) -> Path:
-    return _locate(explicit, hashes, base_url, download, cache_dir)[0]
+def locate(explicit: Path | None = None, **options: Unpack[LocateOptions]) -> Path:
+    """The folder that holds the files: explicit, else $FASHION_MNIST_DIR, else Debian's folder
+    or the cache, else the cache after downloading them there."""
+    return _locate(explicit, options)[0]
 
 
 def _fetch(url: str, timeout: float) -> bytes:
@@ -246,16 +251,13 @@ def download(dest: Path, *, base_url: str, hashes: Mapping[str, str], timeout: f
 
 
 def load_fashion_mnist(
-    explicit: Path | None = None,
-    *,
-    hashes: Mapping[str, str] = FILES,
-    base_url: str = UPSTREAM_URL,
-    download: bool = True,
-    cache_dir: Path | None = None,
+    explicit: Path | None = None, **options: Unpack[LocateOptions]
 ) -> FashionMNIST:
+    """The four files from the folder locate() finds, each verified and parsed."""
+    hashes = options.get("hashes", FILES)
     if set(hashes) != set(FILES):
         raise ValueError(f"hashes must have exactly the keys {sorted(FILES)}")
-    folder, downloaded = _locate(explicit, hashes, base_url, download, cache_dir)
+    folder, downloaded = _locate(explicit, options)
     arrays: dict[str, npt.NDArray[np.uint8]] = {}
     for stem, sha256 in hashes.items():
         path = _find(folder, stem)
@@ -283,3 +285,32 @@ def split_validation(
         )
     order = np.random.Generator(np.random.PCG64(seed)).permutation(n)
     return np.sort(order[val_size:]), np.sort(order[:val_size])
+
+
+@dataclass
+class Split:
+    X: torch.Tensor  # [n, 784] float32 in [0, 1]
+    y: torch.Tensor  # [n] int64
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray) -> Split:
+        X = torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
+        return cls(X, torch.from_numpy(labels.astype(np.int64)))
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.X.to(device), self.y.to(device))
+
+
+def load_splits(
+    data_dir: Path | None = None, *, val_size: int = VAL_SIZE, limit: int | None = None
+) -> tuple[FashionMNIST, Split, Split, Split]:
+    """(data, train, val, test): validation held out of the training images by the fixed
+    permutation of split_validation; limit keeps the first N training examples only."""
+    data = load_fashion_mnist(data_dir)
+    train_idx, val_idx = split_validation(len(data.train_labels), val_size)
+    if limit is not None:
+        train_idx = train_idx[:limit]
+    train = Split.from_numpy(data.train_images[train_idx], data.train_labels[train_idx])
+    val = Split.from_numpy(data.train_images[val_idx], data.train_labels[val_idx])
+    test = Split.from_numpy(data.test_images, data.test_labels)
+    return data, train, val, test

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from models.checkpoint import load_checkpoint
-from models.engine import Engine, MCRequest, engine_for
-from training.data import load_fashion_mnist
-from training.train import Split
+from models.engine import Engine, engine_for
+from training.data import Split, load_fashion_mnist
+from training.mc import BLOCK, engine_stats
 
 
 @dataclass(frozen=True)
@@ -27,21 +27,13 @@ class Evaluation:
 
 
 def evaluate_engine(
-    engine: Engine, split: Split, samples: int, seed: int, batch: int = 500
+    engine: Engine, split: Split, samples: int, seed: int, batch: int = BLOCK
 ) -> Evaluation:
     eval_pred = torch.cat(
         [engine.predict(split.X[i : i + batch]).argmax(-1) for i in range(0, len(split.y), batch)]
     )
-    # One seeded request per block: the numbers are reproducible for a given seed and block size.
-    stats = engine.uncertainty(
-        [
-            MCRequest(split.X[i : i + batch], samples, seed + i)
-            for i in range(0, len(split.y), batch)
-        ]
-    )
-    mc_pred = torch.cat([s.class_index for s in stats])
-    agreement = torch.cat([s.agreement for s in stats])
-    right = mc_pred == split.y
+    stats = engine_stats(engine, split.X, samples, seed, batch)
+    agreement, right = stats.agreement, stats.class_index == split.y
     return Evaluation(
         examples=len(split.y),
         eval_accuracy=float((eval_pred == split.y).double().mean()),

@@ -27,7 +27,7 @@ from models.checkpoint import (
     weights_of,
 )
 from models.mlp import DropoutMLP, MLPConfig, build_model
-from training.data import LABELS, FashionMNIST, load_fashion_mnist, split_validation
+from training.data import LABELS, VAL_SIZE, Split, load_splits
 
 log = logging.getLogger(__name__)
 STATE_KIND = "train-state"
@@ -56,7 +56,7 @@ class TrainConfig:
     # a function of the epoch alone, so that a resumed run follows the same schedule.
     schedule: str = "cosine"
     seed: int = 0
-    val_size: int = 5000
+    val_size: int = VAL_SIZE
     limit: int | None = None  # train on the first N examples of the training split only
     resume: bool = True
     progress: bool = True
@@ -90,20 +90,6 @@ class TrainConfig:
             d.pop(k)
         d["hidden"], d["dropout"] = list(self.hidden), list(self.dropout)
         return d
-
-
-@dataclass
-class Split:
-    X: torch.Tensor  # [n, 784] float32 in [0, 1]
-    y: torch.Tensor  # [n] int64
-
-    @classmethod
-    def from_numpy(cls, images: np.ndarray, labels: np.ndarray) -> "Split":
-        X = torch.from_numpy(images.reshape(len(images), -1)).float().div_(255.0)
-        return cls(X, torch.from_numpy(labels.astype(np.int64)))
-
-    def to(self, device: torch.device) -> "Split":
-        return Split(self.X.to(device), self.y.to(device))
 
 
 @dataclass
@@ -251,17 +237,6 @@ def load_state(
     return model, optimizer, State(epoch=int(meta["epoch"]), history=list(meta["history"]))
 
 
-def load_splits(cfg: TrainConfig) -> tuple[FashionMNIST, Split, Split, Split]:
-    data = load_fashion_mnist(cfg.data_dir)
-    train_idx, val_idx = split_validation(len(data.train_labels), cfg.val_size)
-    if cfg.limit is not None:
-        train_idx = train_idx[: cfg.limit]
-    train = Split.from_numpy(data.train_images[train_idx], data.train_labels[train_idx])
-    val = Split.from_numpy(data.train_images[val_idx], data.train_labels[val_idx])
-    test = Split.from_numpy(data.test_images, data.test_labels)
-    return data, train, val, test
-
-
 def fit(
     cfg: TrainConfig,
     train: Split,
@@ -328,7 +303,7 @@ def run(cfg: TrainConfig, finalize: Finalize | None = None, replica: Replica = S
     In data-parallel training only rank 0 writes files, evaluates on the test set and finalizes.
     """
     started = time.monotonic()
-    data, train, val, test = load_splits(cfg)
+    data, train, val, test = load_splits(cfg.data_dir, val_size=cfg.val_size, limit=cfg.limit)
     spath, hpath = state_path(cfg.out), history_path(cfg.out)
 
     def on_epoch(

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models.stats import StatsAccumulator, UncertaintyStats
+from training.mc import concat_stats
 
 NoiseKind = Literal["none", "dropout", "dropconnect", "gaussian"]
 NOISE_KINDS: tuple[str, ...] = get_args(NoiseKind)
@@ -85,15 +86,6 @@ class NoisyMLP(nn.Module):
                 H = F.relu(H)
         return H
 
-    def hidden_activations(self, X: torch.Tensor) -> list[torch.Tensor]:
-        """Post-ReLU activations of each hidden layer, noise off."""
-        linears: list[nn.Linear] = list(self.linears)  # type: ignore[arg-type]
-        H, out = X.reshape(X.shape[0], -1), []
-        for linear in linears[:-1]:
-            H = F.relu(linear(H))
-            out.append(H)
-        return out
-
 
 def mc_stats(
     model: NoisyMLP, X: torch.Tensor, samples: int, seed: int, batch: int = 2000
@@ -113,17 +105,3 @@ def mc_stats(
                 acc.add(F.softmax(logits, -1)[None])  # [1, batch, classes]
             parts.append(acc.finish())
     return concat_stats(parts)
-
-
-def concat_stats(parts: Sequence[UncertaintyStats]) -> UncertaintyStats:
-    return UncertaintyStats(
-        class_index=torch.cat([s.class_index for s in parts]),
-        agreement=torch.cat([s.agreement for s in parts]),
-        votes=torch.cat([s.votes for s in parts]),
-        mean_probabilities=torch.cat([s.mean_probabilities for s in parts]),
-        std_probabilities=torch.cat([s.std_probabilities for s in parts]),
-        predictive_entropy=torch.cat([s.predictive_entropy for s in parts]),
-        expected_entropy=torch.cat([s.expected_entropy for s in parts]),
-        mutual_information=torch.cat([s.mutual_information for s in parts]),
-        samples=parts[0].samples,
-    )

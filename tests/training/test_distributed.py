@@ -18,13 +18,14 @@ from models.mlp import DropoutMLP
 from service.app import create_app
 from service.settings import Settings
 from training import __main__ as cli
+from training.data import Split
 from training.distributed import (
     DistributedReplica,
     backend_and_device,
     epoch_seed,
     launched,
 )
-from training.train import Split, State, TrainConfig, fit, save_state, state_path
+from training.train import State, TrainConfig, fit, save_state, state_path
 
 ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "docs" / "examples"

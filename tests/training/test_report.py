@@ -10,9 +10,11 @@ import torch
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.engine import Engine
 from training import __main__ as cli
-from training import report
-from training.data import LABELS
-from training.train import Split, TrainConfig, fit, load_splits
+from training.data import LABELS, Split, load_splits
+from training.report.config import ReportConfig
+from training.report.sections import temperature_section
+from training.report.sets import NOISE_LEVELS, add_noise, digits_28x28, rotate
+from training.train import TrainConfig, fit
 
 PLOTS = (
     "reliability.png",
@@ -22,6 +24,8 @@ PLOTS = (
     "shift_rotation.png",
     "shift_noise.png",
 )
+# The scores of training.report.sections.uncertainty_scores, higher meaning less trustworthy.
+SCORES = ("max_probability", "agreement", "predictive_entropy", "mutual_information")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         resume=False,
         progress=False,
     )
-    _, train, val, _ = load_splits(cfg)
+    _, train, val, _ = load_splits(cfg.data_dir, limit=cfg.limit)
     model, _ = fit(cfg, train, val, lambda *_: None)
     calibration = {"temperature_eval": 1.5, "temperature_mc": 1.25}
     save_checkpoint(cfg.out, model, LABELS, {"calibration": calibration})
@@ -67,13 +71,13 @@ def test_report_command_writes_json_markdown_and_plots(checkpoint: Path) -> None
     assert sum(ind["reliability"]["eval"]["counts"]) == 200
 
     scores = r["error_detection"]["scores"]
-    assert set(scores) == {*report.SCORES, "eval_max_probability"}
+    assert set(scores) == {*SCORES, "eval_max_probability"}
     assert all(unit(s["auroc"]) and unit(s["aurc"]) for s in scores.values())
     assert scores["max_probability"]["auroc"] > 0.6
 
     rotation, noise = r["shift"]["rotation"], r["shift"]["noise"]
     assert [row["level"] for row in rotation] == list(range(0, 181, 15))
-    assert len(noise) == len(report.NOISE_LEVELS)
+    assert len(noise) == len(NOISE_LEVELS)
     # Level 0 is the unshifted test set: the same eval predictions as in distribution.
     assert rotation[0]["eval_accuracy"] == pytest.approx(ind["eval"]["accuracy"])
     assert noise[0]["eval_accuracy"] == pytest.approx(ind["eval"]["accuracy"])
@@ -84,7 +88,7 @@ def test_report_command_writes_json_markdown_and_plots(checkpoint: Path) -> None
     assert set(sets) == {"digits", "digits_full_frame", "uniform_noise", "inverted"}
     assert sets["digits"]["examples"] == 200
     for res in sets.values():
-        for key in (*report.SCORES, "eval_max_probability"):
+        for key in (*SCORES, "eval_max_probability"):
             assert unit(res[key]["auroc"])
             assert unit(res[key]["fpr_at_95_tpr"])
 
@@ -111,36 +115,36 @@ def test_no_temperature_section_without_calibration(checkpoint: Path, tmp_path: 
     ckpt = load_checkpoint(checkpoint)
     bare = tmp_path / "bare.safetensors"
     save_checkpoint(bare, ckpt.model, ckpt.labels, {})
-    cfg = report.ReportConfig(bare, limit=10, samples=(3,))
+    cfg = ReportConfig(bare, limit=10, samples=(3,))
     split = Split(torch.rand(10, 784), torch.zeros(10, dtype=torch.int64))
     loaded = load_checkpoint(bare)
-    assert report.temperature_section(loaded, Engine(loaded.model), cfg, split, tmp_path) is None
+    assert temperature_section(loaded, Engine(loaded.model), cfg, split, tmp_path) is None
 
 
 def test_report_config_rejects_bad_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="samples"):
-        report.ReportConfig(tmp_path / "m.safetensors", samples=(10, 0))
+        ReportConfig(tmp_path / "m.safetensors", samples=(10, 0))
     with pytest.raises(ValueError, match="limit"):
-        report.ReportConfig(tmp_path / "m.safetensors", limit=0)
-    cfg = report.ReportConfig(tmp_path / "m.safetensors", samples=(10, 30))
+        ReportConfig(tmp_path / "m.safetensors", limit=0)
+    cfg = ReportConfig(tmp_path / "m.safetensors", samples=(10, 30))
     assert cfg.folder == tmp_path / "m.report"
     assert cfg.reference_samples == 30
 
 
 def test_rotation_and_noise_transforms() -> None:
     X = torch.rand(3, 784, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(report.rotate(X, 0), X)
+    torch.testing.assert_close(rotate(X, 0), X)
     flipped = X.reshape(3, 28, 28).flip(-1, -2).reshape(3, 784)
-    torch.testing.assert_close(report.rotate(X, 180), flipped, atol=1e-5, rtol=0)
-    noisy = report.add_noise(X, 0.5, seed=1)
+    torch.testing.assert_close(rotate(X, 180), flipped, atol=1e-5, rtol=0)
+    noisy = add_noise(X, 0.5, seed=1)
     assert noisy.min() >= 0
     assert noisy.max() <= 1
-    torch.testing.assert_close(noisy, report.add_noise(X, 0.5, seed=1))
+    torch.testing.assert_close(noisy, add_noise(X, 0.5, seed=1))
     assert not torch.equal(noisy, X)
 
 
 def test_digits_are_light_on_dark_in_the_unit_range() -> None:
-    digits = report.digits_28x28(box=28)
+    digits = digits_28x28(box=28)
     assert digits.shape == (1797, 784)
     assert digits.min() >= 0
     assert digits.max() <= 1
@@ -148,7 +152,7 @@ def test_digits_are_light_on_dark_in_the_unit_range() -> None:
     assert images[:, :, :2].mean() < 0.05  # dark background at the left edge
     assert images[:, 8:20, 8:20].mean() > 0.2  # ink in the middle
     assert math.isclose(float(digits.max()), 1.0, abs_tol=0.01)
-    framed = report.digits_28x28().reshape(-1, 28, 28)
+    framed = digits_28x28().reshape(-1, 28, 28)
     assert framed[:, :4].abs().max() == 0  # 4 empty rows and columns around a 20x20 digit
     assert framed[:, :, 24:].abs().max() == 0
     torch.testing.assert_close(

@@ -1,4 +1,6 @@
+import argparse
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,8 @@ import torch
 from models.checkpoint import CheckpointError, load_checkpoint, weights_of
 from models.mlp import DropoutMLP
 from training import __main__ as cli
-from training.train import Split, State, TrainConfig, fit, save_state, state_path
+from training.data import Split
+from training.train import State, TrainConfig, fit, save_state, state_path
 
 
 def blobs(n: int, seed: int) -> Split:
@@ -130,6 +133,17 @@ def test_cli_reports_errors_without_traceback(
     assert capsys.readouterr().err.startswith("error: bad.safetensors: ")
     assert cli.main(["train", "--epochs", "0", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "epochs must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_docstring_lists_every_command_with_its_options() -> None:
+    assert cli.__doc__ is not None
+    # The usage lines: "  COMMAND ..." up to the next one.
+    usage = dict((block.split()[0], block) for block in re.split(r"\n  (?=[a-z])", cli.__doc__)[1:])
+    sub = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(usage) == set(sub.choices)
+    for name, command in sub.choices.items():
+        options = {o for a in command._actions for o in a.option_strings} - {"-h", "--help"}
+        assert {o for o in options if o not in usage[name]} == set(), name
 
 
 def test_cosine_schedule_decays_each_epoch_to_zero() -> None:

@@ -15,9 +15,13 @@ from models.engine import Engine
 from models.mlp import DropoutMLP
 from models.stats import UncertaintyStats
 from training import metrics
-from training.report import digits_28x28, engine_stats, finite, uncertainty_scores
-from training.report_md import fmt
-from training.train import CHAPTER_OPTIMIZER, Split, State, TrainConfig, fit, load_splits
+from training.data import Split, load_splits
+from training.mc import engine_stats
+from training.report import finite
+from training.report.markdown import fmt
+from training.report.sections import uncertainty_scores
+from training.report.sets import digits_28x28
+from training.train import CHAPTER_OPTIMIZER, State, TrainConfig, fit
 from training.variants import NoisyMLP, mc_stats
 
 OnEpoch = Callable[[DropoutMLP, torch.optim.Optimizer, torch.Generator, State], None]
@@ -46,7 +50,7 @@ class Data:
 
 
 def load_data(b: Budget) -> Data:
-    _, train, val, test = load_splits(TrainConfig(data_dir=b.data_dir, limit=b.train_limit))
+    _, train, val, test = load_splits(b.data_dir, limit=b.train_limit)
     if b.test_limit is not None:
         test = Split(test.X[: b.test_limit], test.y[: b.test_limit])
         val = Split(val.X[: b.test_limit], val.y[: b.test_limit])

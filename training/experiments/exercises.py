@@ -8,7 +8,7 @@ import torch
 
 from models.dropout import dropout_layer
 from models.mlp import DropoutMLP, MLPConfig, build_model
-from training import plots
+from training.data import Split
 from training.experiments.common import (
     Budget,
     Data,
@@ -18,9 +18,9 @@ from training.experiments.common import (
     train_mlp,
     write_results,
 )
+from training.report import plots
 from training.train import (
     CHAPTER_OPTIMIZER,
-    Split,
     State,
     TrainConfig,
     evaluate_split,

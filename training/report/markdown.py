@@ -1,4 +1,4 @@
-"""report.json rendered as Markdown, with the plots that training.report wrote beside it."""
+"""report.json rendered as Markdown, with the plots that the sections wrote beside it."""
 
 from collections.abc import Sequence
 from typing import Any
