@@ -41,8 +41,9 @@ RUN --mount=type=bind,from=wheels,source=/wheelhouse,target=/wheelhouse \
     if [ -f /run/secrets/cacert ]; then export PIP_CERT=/run/secrets/cacert; fi \
     && /opt/venv/bin/pip install --index-url "$TORCH_INDEX_URL" "$TORCH_SPEC"
 # Then the dependencies pyproject.toml lists, without the project's code: editing the code rebuilds
-# neither this layer nor the runtime's copy of the venv (about 850 MB). Last, torch's C++ headers
-# and C++ unit-test executables (about 145 MB) go: they serve extension builds, not inference.
+# neither this layer nor the runtime's copy of the venv (most of the image). Last, torch's C++
+# headers and C++ unit-test executables go: they serve extension builds, not inference (their
+# size and the venv's: docs/deploy.md#measured).
 COPY pyproject.toml /src/
 RUN --mount=type=bind,from=wheels,source=/wheelhouse,target=/wheelhouse \
     --mount=type=secret,id=cacert \

@@ -13,7 +13,7 @@ same order whatever shares the call, and their statistics reduced in one go
 Memory: passes run in chunks of at most max(max_chunk_rows, batch) rows (a row is one instance in
 one pass). A chunk holds a few float32 tensors per layer width, about
 rows x 4 B x 3 x (sum of hidden sizes + classes), 51 MB for 784-256-256-10 at the default 8192 rows
-(bench/engine_memory.py measured 41 to 78 MB of peak RSS growth, and 10 MB at 1024 rows). The
+(bench/engine_memory.py measures the peak: docs/performance.md#memory-of-one-request). The
 statistics are accumulated per chunk in O(batch x classes), independent of N.
 """
 
@@ -90,8 +90,9 @@ class Engine:
         # (h * m / q) W^T = (h * m) (W / q)^T, and 1/temperature into the last one. That saves
         # a pass over every masked activation and over the logits. Hidden layers' weights are
         # stored transposed, [in, out] and contiguous: dropping inactive inputs (below) then
-        # selects whole rows, where selecting columns of [out, in] is a strided gather (B = 1,
-        # N = 100 ran about 10% faster); the narrow last layer multiplies faster as [out, in].
+        # selects whole rows, where selecting columns of [out, in] is a strided gather (slower:
+        # docs/performance.md#the-mc-engine-one-request); the narrow last layer multiplies
+        # faster as [out, in].
         # (weight [in, out], or [out, in] for the last layer; bias [out])
         # The last layer's classes are padded to a multiple of 16 (_padded_classes).
         self.classes = self.linears[-1].out_features

@@ -1,8 +1,8 @@
 """Bernoulli keep-masks from packed random words, the cheap part of fast MC dropout.
 
-torch's bernoulli_ costs 12 to 17 ns an element on this CPU; drawing int64 words and comparing
-their 8- or 16-bit lanes against a threshold costs 0.7 to 1.4 ns, and taking their single bits
-(p = 0.5) 0.4 ns (bench/masks.py).
+Drawing int64 words and comparing their 8- or 16-bit lanes against a threshold, or taking their
+single bits (p = 0.5), costs a small fraction of what torch's bernoulli_ costs an element
+(bench/masks.py; the numbers: docs/performance.md#the-mc-engine-one-request).
 """
 
 import functools
@@ -84,14 +84,16 @@ class MaskSampler:
         if self.bits == 1:
             # [words, 8] AND [8]: plane b keeps bit b of each of the word's 8 bytes, so byte k of
             # plane b is that bit, in place. (One AND on int64s: unpacking the bits one byte at a
-            # time with a broadcast over uint8 was 9 times slower.)
+            # time with a broadcast over uint8 was several times slower,
+            # docs/performance.md#the-mc-engine-one-request.)
             planes = torch.bitwise_and(words[:, None], _bit_planes(words.device))
             return planes.view(torch.uint8).view(-1)
         return words.view(torch.int8 if self.bits == 8 else torch.int16)
 
     def _compare(self, lanes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        # Comparing straight into a float tensor is about 3x faster here than making a bool
-        # mask, and the float mask multiplies without a type-promoting copy.
+        # Comparing straight into a float tensor is faster than making a bool mask, and the
+        # float mask multiplies without a type-promoting copy
+        # (docs/performance.md#the-mc-engine-one-request).
         mask = torch.empty(lanes.shape, dtype=dtype, device=lanes.device)
         return torch.lt(lanes, self._threshold, out=mask)
 
