@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 REQUEST_ID_HEADER = "x-request-id"
 # A client's id is echoed and logged, so only a short, plain one is taken as it is.
 _SAFE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)  # instances, requests
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 access_log = logging.getLogger("service.access")
@@ -26,54 +27,51 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+
+        def histogram(
+            name: str, documentation: str, labels: list[str], buckets: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(name, documentation, labels, buckets=buckets, registry=r)
+
         self.requests = Counter(
             "mcdropout_requests", "HTTP requests", ["route", "method", "status"], registry=r
         )
-        self.latency = Histogram(
+        self.latency = histogram(
             "mcdropout_request_seconds",
             "HTTP request latency",
             ["route", "method"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
         )
         self.in_flight = Gauge("mcdropout_requests_in_flight", "Requests being served", registry=r)
-        self.instances = Histogram(
+        self.instances = histogram(
             "mcdropout_instances_per_request",
             "Instances (batch size) per inference request",
             ["model", "mode"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-            registry=r,
+            _SIZE_BUCKETS,
         )
-        self.samples = Histogram(
+        self.samples = histogram(
             "mcdropout_mc_samples",
             "MC passes N per uncertainty request",
             ["model"],
-            buckets=(1, 10, 30, 100, 300, 1000, 3000, 10000),
-            registry=r,
+            (1, 10, 30, 100, 300, 1000, 3000, 10000),
         )
-        self.agreement = Histogram(
+        self.agreement = histogram(
             "mcdropout_agreement",
             "Agreement of MC answers",
             ["model"],
-            buckets=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
-            registry=r,
+            (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
         )
         self.queue_depth = Gauge(
             "mcdropout_queue_depth", "Inference requests waiting for the worker", registry=r
         )
-        self.batch_requests = Histogram(
+        self.batch_requests = histogram(
             "mcdropout_batch_requests",
             "Requests merged into one engine call",
             ["mode"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-            registry=r,
+            _SIZE_BUCKETS[:9],
         )
-        self.batch_instances = Histogram(
-            "mcdropout_batch_instances",
-            "Instances in one engine call",
-            ["mode"],
-            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
-            registry=r,
+        self.batch_instances = histogram(
+            "mcdropout_batch_instances", "Instances in one engine call", ["mode"], _SIZE_BUCKETS
         )
         self.rejected = Counter(
             "mcdropout_rejected_requests",
