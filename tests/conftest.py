@@ -15,10 +15,14 @@ The soak (marker soak, ~30 s) runs only when asked: --soak or `-m soak` (`make t
 import inspect
 import multiprocessing.process
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
 import pytest
+
+from tests.helpers import write_tiny_checkpoint
+from tests.servers import LIMITS, serve, wait_until_ready
 
 PROGRAMS = ("subprocess", "playwright")  # what starts another program
 GUARD = "_guard"
@@ -70,8 +74,12 @@ def tier(item: pytest.Function) -> str:
     info = item._fixtureinfo
     functions = [item.function]
     for name in info.names_closure:
-        if name != GUARD:
-            functions += [definition.func for definition in info.name2fixturedefs.get(name, ())]
+        # The definition that applies is the last; the one before it only where that one asks
+        # for its own name (an override that extends it).
+        for definition in reversed(info.name2fixturedefs.get(name, ()) if name != GUARD else ()):
+            functions.append(definition.func)
+            if name not in definition.argnames:
+                break
     seen: set[CodeType] = set()
     codes = [c for f in functions for c in _codes(f, seen)]
     values = [(code, namespace.get(name)) for code, namespace in codes for name in code.co_names]
@@ -114,3 +122,22 @@ def _guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> N
         )
 
     monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse)
+
+
+# What every folder shares: the tiny model, and a real server of it.
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding one tiny checkpoint, served as the model "tiny"."""
+    folder = tmp_path_factory.mktemp("models")
+    write_tiny_checkpoint(folder / "tiny.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(model_dir: Path) -> Iterator[str]:
+    """The URL of a real server of model_dir with tests/servers.py's LIMITS, once ready."""
+    with serve(model_dir, LIMITS) as url:
+        wait_until_ready(url)
+        yield url

@@ -7,7 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from service.settings import Settings
-from tests.service.conftest import make_client, wait_ready
+from tests.helpers import make_client, wait_ready
 
 PIXELS = torch.rand(3, 784, generator=torch.Generator().manual_seed(0)).tolist()
 

@@ -22,8 +22,8 @@ from service.app import create_app
 from service.observability import JsonFormatter
 from service.server import Config, Server
 from service.settings import Settings
+from tests.helpers import images, make_client, wait_ready, write_tiny_checkpoint
 from tests.servers import free_port, wait_until_ready
-from tests.service.conftest import images, make_client, wait_ready, write_tiny_checkpoint
 from training.data import LABELS
 
 PREDICT = "/v1/models/tiny/predict"

@@ -6,17 +6,9 @@ import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, weights_of
 from models.mlp import DropoutMLP
+from tests.helpers import blobs
 from training import __main__ as cli
-from training.train import Split, State, TrainConfig, fit, save_state, state_path
-
-
-def blobs(n: int, seed: int) -> Split:
-    """Ten noisy class prototypes in [0, 1]^784: learnable, but not in one step."""
-    g = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(10, 784, generator=torch.Generator().manual_seed(0))
-    y = torch.randint(0, 10, (n,), generator=g)
-    X = (prototypes[y] + 0.3 * torch.randn(n, 784, generator=g)).clamp(0, 1)
-    return Split(X, y)
+from training.train import State, TrainConfig, fit, save_state, state_path
 
 
 def config(tmp_path: Path, **kw: object) -> TrainConfig:
