@@ -71,12 +71,14 @@ def _is(value: object, package: str, name: str) -> bool:
 
 
 def tier(item: pytest.Function) -> str:
-    info = item._fixtureinfo
+    info = item._fixtureinfo  # the fixtures the item uses, as --fixtures-per-test lists them
     functions = [item.function]
     for name in info.names_closure:
+        if name == GUARD:  # it names multiprocessing, for every test
+            continue
         # The definition that applies is the last; the one before it only where that one asks
         # for its own name (an override that extends it).
-        for definition in reversed(info.name2fixturedefs.get(name, ()) if name != GUARD else ()):
+        for definition in reversed(info.name2fixturedefs.get(name, ())):
             functions.append(definition.func)
             if name not in definition.argnames:
                 break
