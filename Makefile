@@ -1,5 +1,6 @@
 # Two commands do everything: `make run` (set up, train the default model if missing, serve it)
-# and `make test` (set up, lint, type-check, run the tests).
+# and `make test` (set up, lint, type-check, run every test, the soak too: what CI runs).
+# `make test-fast`, the edit-test loop: the unit tests alone (tests/conftest.py), no lint.
 PYTHON ?= python3
 # The CPU wheel; override for another build, e.g. TORCH_SPEC='torch==2.13.0' with a CUDA index.
 TORCH_SPEC ?= torch==2.13.0
@@ -9,7 +10,7 @@ CHECKPOINT ?= checkpoints/fashion-mlp.safetensors
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 SAMPLES ?= 100
 
-.PHONY: setup data train evaluate report experiments run test lint format clean bench
+.PHONY: setup data train evaluate report experiments run test test-fast lint format clean bench
 
 setup: $(VENV)/.installed
 
@@ -54,7 +55,10 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: setup data lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --soak
+
+test-fast: setup data
+	$(VENV)/bin/pytest -m unit
 
 format: setup
 	$(VENV)/bin/ruff format .

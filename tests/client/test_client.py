@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
 from mcdropout_client import (
@@ -14,11 +13,8 @@ from mcdropout_client import (
     NotFoundError,
     TooLargeError,
 )
+from tests.helpers import pixels
 from training.data import LABELS
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 784))
 
 
 def raw(url: str, path: str, body: dict[str, Any]) -> Any:
@@ -39,8 +35,8 @@ def assert_mirrors(typed: Any, answer: Any) -> None:
         assert type(typed) is type(answer)
 
 
-def test_health_and_model_cards(server: str, tiny_dir: Path) -> None:
-    sha = hashlib.sha256((tiny_dir / "tiny.safetensors").read_bytes()).hexdigest()
+def test_health_and_model_cards(server: str, model_dir: Path) -> None:
+    sha = hashlib.sha256((model_dir / "tiny.safetensors").read_bytes()).hexdigest()
     with Client(server, timeout=10) as client:
         assert client.live().status == "live"
         health = client.ready()
@@ -59,7 +55,7 @@ def test_health_and_model_cards(server: str, tiny_dir: Path) -> None:
 
 
 def test_predict_mirrors_the_v1_answer(server: str) -> None:
-    x = images(3)
+    x = pixels(3)
     with Client(server) as client:
         result = client.predict("tiny", x)
     assert_mirrors(
@@ -75,7 +71,7 @@ def test_predict_mirrors_the_v1_answer(server: str) -> None:
 
 
 def test_uncertainty_mirrors_the_v1_answer(server: str) -> None:
-    x = images(2, seed=1)
+    x = pixels(2, seed=1)
     with Client(server) as client:
         result = client.uncertainty("tiny", x, samples=64, seed=5)
         again = client.uncertainty("tiny", x, samples=64, seed=5)
@@ -108,13 +104,13 @@ def test_errors_carry_status_and_message(server: str) -> None:
         assert invalid.value.detail[0]["loc"] == ["body", "instances", 0]
 
         with pytest.raises(InvalidInputError, match="samples: 501 exceeds the maximum of 500"):
-            client.uncertainty("tiny", images(1), samples=501)
+            client.uncertainty("tiny", pixels(1), samples=501)
 
         with pytest.raises(TooLargeError) as too_large:
-            client.uncertainty("tiny", images(3), samples=400)
+            client.uncertainty("tiny", pixels(3), samples=400)
         assert too_large.value.status == 413
         assert too_large.value.message == (
             "instances x samples = 3 x 400 = 1200 exceeds the limit of 1000"
         )
         with pytest.raises(NotFoundError):
-            client.predict("nope", images(1))
+            client.predict("nope", pixels(1))

@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.checkpoint import save_checkpoint
 from models.mlp import MLPConfig, build_model
+from tests.helpers import images
 from tests.servers import LIMITS, serve_process, start_server, wait_until_ready
-from tests.service.conftest import images
 from training.data import LABELS
 
 BODY_TIMEOUT = 1.5

@@ -16,7 +16,7 @@ from models.checkpoint import load_checkpoint
 from models.engine import Engine
 from service.api.v1 import JSONRequest
 from service.settings import Settings
-from tests.service.conftest import images, make_client, wait_ready, write_tiny_checkpoint
+from tests.helpers import images, make_client, wait_ready, write_tiny_checkpoint
 from training.data import LABELS
 
 PREDICT = "/v1/models/tiny/predict"
@@ -340,7 +340,7 @@ CALIBRATION = {
 def test_calibrated_model_applies_temperatures_and_abstains(tmp_path: Path) -> None:
     from models.checkpoint import save_checkpoint
     from models.mlp import build_model
-    from tests.service.conftest import TINY
+    from tests.helpers import TINY
 
     torch.manual_seed(3)
     model = build_model(TINY)

@@ -24,7 +24,7 @@ from models.stats import UncertaintyStats
 from service.inference.jobs import Job, Resolve, execute
 from service.inference.thread import InferenceThread
 from service.settings import Settings
-from tests.service.conftest import make_client, wait_ready
+from tests.helpers import make_client, wait_ready
 
 PIXELS = torch.rand(6, 784, generator=torch.Generator().manual_seed(3)).tolist()
 

@@ -20,7 +20,7 @@ from pydantic import SecretStr
 import service.api.images
 from service.inputs.image import Converted, ImageError, convert
 from service.settings import Settings
-from tests.service.conftest import make_client, wait_ready
+from tests.helpers import make_client, wait_ready
 
 IMAGE = "/v1/models/tiny/uncertainty/image"
 PREPROCESS = "/v1/models/tiny/preprocess/image"

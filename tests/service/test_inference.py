@@ -19,7 +19,7 @@ from models.engine import Engine, MCRequest, engine_for
 from service.inference.jobs import InferenceError, Job, MCAnswer, Pending
 from service.inference.process import InferenceProcess, default_torch_threads
 from service.settings import Settings
-from tests.service.conftest import make_client, wait_ready
+from tests.helpers import make_client, wait_ready
 
 PIXELS = torch.rand(3, 784, generator=torch.Generator().manual_seed(5))
 

@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 
 from service.settings import Settings
+from tests.helpers import make_client, wait_ready, write_tiny_checkpoint
 from tests.servers import serve_process, wait_until_ready
-from tests.service.conftest import make_client, wait_ready, write_tiny_checkpoint
 
 TOKEN = {"X-Admin-Token": "t0ken"}
 X = np.random.default_rng(0).random((2, 784)).tolist()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.conftest import write_tiny_checkpoint
+from tests.helpers import write_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 

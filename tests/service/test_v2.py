@@ -17,14 +17,10 @@ from models.engine import Engine, MCRequest
 from models.mlp import MLPConfig, build_model
 from service import __version__
 from service.settings import Settings
-from tests.service.conftest import make_client, wait_ready
+from tests.helpers import make_client, pixels, wait_ready
 from training.data import LABELS
 
 INFER = "/v2/models/tiny/infer"
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 784)).astype(np.float32)
 
 
 def tensor(x: np.ndarray, datatype: str = "FP32", **extra: Any) -> dict[str, Any]:
@@ -86,7 +82,7 @@ def test_model_metadata_and_versions(client: TestClient, model_dir: Path) -> Non
     for path in ("/v2/models/tiny/ready", f"/v2/models/tiny/versions/{version}/ready"):
         r = client.get(path)
         assert (r.status_code, r.json()) == (200, {"name": "tiny", "ready": True})
-    x = images(1)
+    x = pixels(1)
     r = client.post(f"/v2/models/tiny/versions/{version}/infer", json={"inputs": [tensor(x)]})
     assert (r.status_code, r.json()["model_version"]) == (200, version)
 
@@ -119,7 +115,7 @@ def test_unknown_version_is_404(client: TestClient) -> None:
 
 
 def test_eval_infer_equals_the_engine(client: TestClient, model_dir: Path) -> None:
-    x = images(3)
+    x = pixels(3)
     r = infer(client, {"id": "req-1", "inputs": [tensor(x)]})
     assert r.headers["content-type"] == "application/json"
     body = r.json()
@@ -133,7 +129,7 @@ def test_eval_infer_equals_the_engine(client: TestClient, model_dir: Path) -> No
 
 
 def test_mc_infer_equals_the_engine(client: TestClient, model_dir: Path) -> None:
-    x = images(2, seed=4)
+    x = pixels(2, seed=4)
     body = {"parameters": {"mc_samples": 40, "seed": 9}, "inputs": [tensor(x)]}
     r = infer(client, body)
     assert r.json()["parameters"] == {"mc_samples": 40, "seed": 9}
@@ -153,7 +149,7 @@ def test_mc_infer_equals_the_engine(client: TestClient, model_dir: Path) -> None
 def test_outputs_are_chosen_by_name_in_the_order_asked(client: TestClient) -> None:
     body = {
         "parameters": {"mc_samples": 10, "seed": 1},
-        "inputs": [tensor(images(2))],
+        "inputs": [tensor(pixels(2))],
         "outputs": [{"name": "votes"}, {"name": "agreement"}],
     }
     r = infer(client, body)
@@ -182,7 +178,7 @@ def binary_body(header: dict[str, Any], *blobs: bytes) -> tuple[bytes, dict[str,
 
 
 def test_binary_tensors_both_ways(client: TestClient) -> None:
-    x = images(2, seed=8)
+    x = pixels(2, seed=8)
     blob = x.astype("<f4").tobytes()
     header = {
         "parameters": {"mc_samples": 16, "seed": 2},
@@ -248,7 +244,7 @@ def test_binary_data_output_applies_to_every_output(client: TestClient) -> None:
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
 def test_compressed_bodies(client: TestClient, encoding: str) -> None:
-    body = json.dumps({"inputs": [tensor(images(1))]}).encode()
+    body = json.dumps({"inputs": [tensor(pixels(1))]}).encode()
     expected = outputs(client.post(INFER, content=body))
     packed = gzip.compress(body) if encoding == "gzip" else zlib.compress(body)
     r = client.post(INFER, content=packed, headers={"Content-Encoding": encoding})
@@ -263,7 +259,7 @@ def error_of(response: Any, status: int = 400) -> str:
     return message
 
 
-X1 = images(1)
+X1 = pixels(1)
 OK_INPUT = tensor(X1)
 
 

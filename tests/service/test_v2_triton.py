@@ -10,6 +10,7 @@ from tritonclient.utils import InferenceServerException  # type: ignore[import-u
 
 from mcdropout_client import Client, UncertaintyResult
 from service import __version__
+from tests.helpers import pixels
 from tests.servers import LIMITS, serve
 
 MC_OUTPUTS = (
@@ -43,10 +44,6 @@ def v2(urls: tuple[str, str]) -> Iterator[triton.InferenceServerClient]:
     client = triton.InferenceServerClient(urls[0], network_timeout=60.0)
     yield client
     client.close()
-
-
-def images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).random((n, 784)).astype(np.float32)
 
 
 def pixels_input(x: np.ndarray, binary: bool) -> triton.InferInput:
@@ -89,7 +86,7 @@ def test_health_and_metadata(v2: triton.InferenceServerClient, v1: Client) -> No
 def test_eval_mode_equals_v1_predict(
     v2: triton.InferenceServerClient, v1: Client, binary: bool
 ) -> None:
-    x = images(4)
+    x = pixels(4)
     names = ["probabilities", "class_index"]
     outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in names]
     result = v2.infer("tiny", [pixels_input(x, binary)], outputs=outputs)
@@ -116,7 +113,7 @@ def assert_equals_v1(result: triton.InferResult, expected: UncertaintyResult) ->
 def test_mc_mode_equals_v1_uncertainty(
     v2: triton.InferenceServerClient, v1: Client, binary: bool
 ) -> None:
-    x = images(3, seed=1)
+    x = pixels(3, seed=1)
     outputs = [triton.InferRequestedOutput(name, binary_data=binary) for name in MC_OUTPUTS]
     parameters = {"mc_samples": 200, "seed": 11}
     result = v2.infer("tiny", [pixels_input(x, binary)], outputs=outputs, parameters=parameters)
@@ -149,7 +146,7 @@ def test_default_outputs_are_binary_and_uint8_pixels_equal_v1(
 def test_compressed_requests(
     v2: triton.InferenceServerClient, v1: Client, compression: str
 ) -> None:
-    x = images(2, seed=2).reshape(2, 28, 28)
+    x = pixels(2, seed=2).reshape(2, 28, 28)
     result = v2.infer(
         "tiny",
         [pixels_input(x, True)],
@@ -162,7 +159,7 @@ def test_compressed_requests(
 def test_errors_reach_tritonclient_with_status_and_message(
     v2: triton.InferenceServerClient,
 ) -> None:
-    x = pixels_input(images(1), True)
+    x = pixels_input(pixels(1), True)
     cases = [
         ("tiny", {"mc_samples": 501}, "400", "parameter 'mc_samples' must be in [1, 500], got 501"),
         ("nope", {}, "404", "model 'nope' not found; available: tiny"),
@@ -177,7 +174,7 @@ def test_errors_reach_tritonclient_with_status_and_message(
         with pytest.raises(InferenceServerException) as caught:
             v2.infer(model, [x], parameters=parameters)
         assert (caught.value.status(), caught.value.message()) == (status, message)
-    too_many = pixels_input(images(9), False)
+    too_many = pixels_input(pixels(9), False)
     with pytest.raises(InferenceServerException) as caught:
         v2.infer("tiny", [too_many])
     assert caught.value.status() == "413"

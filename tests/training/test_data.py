@@ -3,7 +3,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.server
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.helpers import http_server
 from training import data
 from training.data import (
     FILES,
@@ -230,17 +230,8 @@ def server() -> Iterator[tuple[str, dict[str, bytes]]]:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(
-        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    try:
+    with http_server(Handler) as httpd:
         yield f"http://127.0.0.1:{httpd.server_address[1]}/data/", files
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
 
 
 def serve(files: dict[str, bytes], fake: FakeSet) -> None:

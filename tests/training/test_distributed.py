@@ -4,7 +4,6 @@ import json
 import multiprocessing
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +16,8 @@ from models.checkpoint import load_checkpoint, weights_of
 from models.mlp import DropoutMLP
 from service.app import create_app
 from service.settings import Settings
+from tests.helpers import blobs, wait_ready
 from training import __main__ as cli
-from training.data import Split
 from training.distributed import (
     DistributedReplica,
     backend_and_device,
@@ -40,13 +39,6 @@ CLI_SETTINGS += ["--no-resume", "--calibration-samples", "10"]
 # are 4 standard deviations, rounded up; the exact agreement of the steps themselves is
 # test_two_ranks_take_the_steps_of_one_process_and_resume_exactly's, without dropout.
 ACCURACY_TOLERANCE, LOSS_TOLERANCE = 0.04, 0.027
-
-
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 30
-    while client.get("/health/ready").status_code != 200:
-        assert time.monotonic() < deadline, "the model was not served"
-        time.sleep(0.01)
 
 
 def test_torchrun_checkpoint_serves_and_matches_one_process(tmp_path: Path) -> None:
@@ -85,7 +77,7 @@ def test_torchrun_checkpoint_serves_and_matches_one_process(tmp_path: Path) -> N
     assert "calibration" in ddp.metadata  # rank 0 finalized
 
     with TestClient(create_app(Settings(model_path=ddp_out.parent))) as client:
-        wait_ready(client)
+        wait_ready(client, timeout=30)
         predict = client.post(
             "/v1/models/fashion-mlp/predict",
             json=json.loads((EXAMPLES / "request.json").read_text()),
@@ -98,16 +90,8 @@ def test_torchrun_checkpoint_serves_and_matches_one_process(tmp_path: Path) -> N
         assert [sum(p["votes"]) for p in answer.json()["predictions"]] == [body["samples"]] * 2
 
 
-def separable(n: int, seed: int) -> Split:
-    """Ten noisy class prototypes in [0, 1]^784."""
-    g = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(10, 784, generator=torch.Generator().manual_seed(0))
-    y = torch.randint(0, 10, (n,), generator=g)
-    return Split((prototypes[y] + 0.3 * torch.randn(n, 784, generator=g)).clamp(0, 1), y)
-
-
 # 1026 = 16 x 64 + 2: a last global batch of one example per rank.
-TRAIN, VAL = separable(1026, 1), separable(128, 2)
+TRAIN, VAL = blobs(1026, 1), blobs(128, 2)
 
 
 def config(out: Path, **kw: object) -> TrainConfig:

@@ -1,6 +1,4 @@
-import argparse
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -8,18 +6,9 @@ import torch
 
 from models.checkpoint import CheckpointError, load_checkpoint, weights_of
 from models.mlp import DropoutMLP
+from tests.helpers import blobs
 from training import __main__ as cli
-from training.data import Split
 from training.train import State, TrainConfig, fit, save_state, state_path
-
-
-def blobs(n: int, seed: int) -> Split:
-    """Ten noisy class prototypes in [0, 1]^784: learnable, but not in one step."""
-    g = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(10, 784, generator=torch.Generator().manual_seed(0))
-    y = torch.randint(0, 10, (n,), generator=g)
-    X = (prototypes[y] + 0.3 * torch.randn(n, 784, generator=g)).clamp(0, 1)
-    return Split(X, y)
 
 
 def config(tmp_path: Path, **kw: object) -> TrainConfig:
@@ -133,17 +122,6 @@ def test_cli_reports_errors_without_traceback(
     assert capsys.readouterr().err.startswith("error: bad.safetensors: ")
     assert cli.main(["train", "--epochs", "0", "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "epochs must be at least 1" in capsys.readouterr().err
-
-
-def test_cli_docstring_lists_every_command_with_its_options() -> None:
-    assert cli.__doc__ is not None
-    # The usage lines: "  COMMAND ..." up to the next one.
-    usage = dict((block.split()[0], block) for block in re.split(r"\n  (?=[a-z])", cli.__doc__)[1:])
-    sub = next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(usage) == set(sub.choices)
-    for name, command in sub.choices.items():
-        options = {o for a in command._actions for o in a.option_strings} - {"-h", "--help"}
-        assert {o for o in options if o not in usage[name]} == set(), name
 
 
 def test_cosine_schedule_decays_each_epoch_to_zero() -> None:

@@ -1,6 +1,6 @@
-"""A real server (uvicorn on 127.0.0.1, the tiny model) and Debian's Chromium driven by
-Playwright, headless. Never a browser download: without /usr/bin/chromium the tests skip, except
-in CI (env CI set), where they fail."""
+"""A real server (tests/conftest.py's `server`: uvicorn on 127.0.0.1, the tiny model) and
+Debian's Chromium driven by Playwright, headless. Never a browser download: without
+/usr/bin/chromium the tests skip, except in CI (env CI set), where they fail."""
 
 import os
 from collections.abc import Iterator
@@ -8,9 +8,6 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
-
-from tests.servers import LIMITS, serve, wait_until_ready
-from tests.service.conftest import tiny_model_folder
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).parents[2]
@@ -21,18 +18,6 @@ def artifacts() -> Path:
     folder = Path(os.environ.get("MCDROPOUT_ARTIFACTS", ROOT / "test-artifacts")) / "web"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_model_folder(tmp_path_factory, "web-models")
-
-
-@pytest.fixture(scope="session")
-def server(model_dir: Path) -> Iterator[str]:
-    with serve(model_dir, LIMITS) as url:
-        wait_until_ready(url)
-        yield url
 
 
 # Module scope: sync Playwright keeps an asyncio loop running in this thread while it is open,
