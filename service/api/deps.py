@@ -61,11 +61,16 @@ class KeyedRoute(APIRoute):
         return keyed
 
 
-def find_model(registry: Registry, name: str, version: str | None = None) -> ServedModel:
-    """The served model (at that version, if one is asked for); 503 until models are loaded.
-    Serving, not ready: while draining at shutdown, requests that still arrive are answered."""
+def check_serving(registry: Registry) -> None:
+    """503 with Retry-After until models are loaded. Serving, not ready: while draining at
+    shutdown, requests that still arrive are answered."""
     if not registry.serving:
         raise HTTPException(503, f"not ready: {registry.reason}", headers=RETRY_AFTER)
+
+
+def find_model(registry: Registry, name: str, version: str | None = None) -> ServedModel:
+    """The served model (at that version, if one is asked for); 503 until models are loaded."""
+    check_serving(registry)
     served = registry.models.get(name)
     if served is None:
         known = ", ".join(sorted(registry.models))

@@ -11,7 +11,6 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from service.api.deps import (
     JSON_BOOLEANS,
-    RETRY_AFTER,
     KeyedRoute,
     LimitError,
     ModelCallDep,
@@ -19,6 +18,7 @@ from service.api.deps import (
     RegistryDep,
     batched,
     check_limits,
+    check_serving,
 )
 from service.api.schemas import (
     ErrorDetail,
@@ -94,8 +94,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 @v1.get("", responses={401: ERRORS[401], 503: ERRORS[503]})
 def list_models(registry: RegistryDep) -> ModelList:
     """Model cards of every served model."""
-    if not registry.serving:
-        raise HTTPException(503, f"not ready: {registry.reason}", headers=RETRY_AFTER)
+    check_serving(registry)
     return ModelList(models=[m.card for m in registry.models.values()])
 
 

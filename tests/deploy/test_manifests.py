@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from models.checkpoint import save_checkpoint
 from models.mlp import MLPConfig, build_model
+from service import __version__
 from service.app import create_app
 from service.settings import Settings
 from training.data import LABELS
@@ -220,3 +221,15 @@ def test_one_document_per_file() -> None:
     # The checks above read one document per file: a second one would go unchecked.
     for path in [*K8S.glob("*.yaml"), KSERVE]:
         assert len(list(yaml.safe_load_all(path.read_text()))) == 1, path
+
+
+def test_the_manifests_deploy_this_version() -> None:
+    """Their image tags name the package's version (pyproject.toml): a release that bumps it and
+    not them fails here."""
+    tags = [
+        match.group(1)
+        for path in (K8S / "deployment.yaml", KSERVE)
+        for match in re.finditer(r"image: \S+/mcdropout-service:(\S+)", path.read_text())
+    ]
+    assert len(tags) == 2
+    assert [tag.removesuffix("-baked") for tag in tags] == [__version__, __version__]
