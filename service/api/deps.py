@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, HTTPException, Request, Response
 from fastapi.routing import APIRoute
 
+from service.edge import RETRY_AFTER
 from service.edge.auth import ApiKey
 from service.edge.observability import Metrics
 from service.inference.batcher import Batcher
@@ -16,8 +17,6 @@ from service.inference.jobs import InferenceError, OverloadedError, TimedOutErro
 from service.registry import Registry, ServedModel
 from service.settings import Settings
 
-# On every 503: the client may retry in a second (not ready, overloaded, restarting).
-RETRY_AFTER = {"Retry-After": "1"}
 JSON_BOOLEANS = "json_booleans"  # request state: the JSON body may hold true or false tokens
 
 

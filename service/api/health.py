@@ -4,8 +4,9 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import RETRY_AFTER, MetricsDep, RegistryDep
+from service.api.deps import MetricsDep, RegistryDep
 from service.api.schemas import Health
+from service.edge import RETRY_AFTER
 
 health = APIRouter(prefix="/health", tags=["health"])
 operations = APIRouter(tags=["operations"])

@@ -24,6 +24,7 @@ from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.edge import RETRY_AFTER
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ class RequestBody:
             raise HTTPException(
                 503,
                 "overloaded: request bodies in flight fill the server's budget; retry later",
-                {"Retry-After": "1", **CLOSE},
+                {**RETRY_AFTER, **CLOSE},
             ) from None
 
     async def _wait_for_client(self) -> Message:

@@ -25,6 +25,7 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.edge import RETRY_AFTER
 from service.settings import Settings
 
 Headers = list[tuple[bytes, bytes]]
@@ -122,7 +123,7 @@ class Guarded(HttpToolsProtocol):
             refused = refusal(
                 503,
                 f"overloaded: the server holds {self.max_connections} connections; retry later",
-                (b"retry-after", b"1"),
+                *((name.lower().encode(), value.encode()) for name, value in RETRY_AFTER.items()),
             )
         if refused is None:
             super().on_headers_complete()

@@ -86,16 +86,21 @@ Resolve = Callable[[Job, Any, BaseException | None], None]
 Execute = Callable[[list[Job], Resolve], None]
 
 
+def groups(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs (of one mode) that run in one engine call: a fusing engine's together, in
+    arrival order; any other job alone."""
+    by_call: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_call.setdefault(id(job.engine) if job.engine.fuse else id(job), []).append(job)
+    return list(by_call.values())
+
+
 def execute(jobs: list[Job], resolve: Resolve) -> None:
     """Runs in the inference thread, or the inference process: eval jobs, then MC jobs, each
     group's answers handed back as soon as it is done. A fusing engine (a GPU's) takes the jobs
     of each mode in one call; otherwise each job runs alone, so that its answer is the same bits
     whatever shares the batch (a matrix product's sums depend on its rows' count)."""
-    evals: dict[int, list[Job]] = {}
-    for job in jobs:
-        if job.samples is None:
-            evals.setdefault(id(job.engine) if job.engine.fuse else id(job), []).append(job)
-    for group in evals.values():
+    for group in groups([job for job in jobs if job.samples is None]):
         try:
             probs = group[0].engine.predict(torch.cat([job.X for job in group])).cpu()
         except Exception as e:
@@ -106,11 +111,7 @@ def execute(jobs: list[Job], resolve: Resolve) -> None:
             group, torch.split(probs, [job.instances for job in group]), strict=True
         ):
             resolve(job, part, None)
-    mc: dict[int, list[Job]] = {}
-    for job in jobs:
-        if job.samples is not None:
-            mc.setdefault(id(job.engine) if job.engine.fuse else id(job), []).append(job)
-    for group in mc.values():
+    for group in groups([job for job in jobs if job.samples is not None]):
         try:
             answers = group[0].engine.uncertainty([job.mc_request() for job in group])
         except Exception as e:

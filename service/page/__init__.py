@@ -38,7 +38,7 @@ def static_files() -> StaticFiles:
 
 @page.get("/", include_in_schema=False)
 def index() -> FileResponse:
-    index = STATIC / "index.html"
-    if not index.is_file():
+    html = STATIC / "index.html"
+    if not html.is_file():
         raise HTTPException(404, "the web page is not installed (service/page/static/)")
-    return FileResponse(index, headers=PAGE_HEADERS)
+    return FileResponse(html, headers=PAGE_HEADERS)

@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-from service.api.deps import RETRY_AFTER, BatcherDep, KeyedRoute, ModelDep, RegistryDep
+from service.api.deps import BatcherDep, KeyedRoute, ModelDep, RegistryDep
 from service.api.v2.infer import INPUT, OUTPUTS, Plan, pixel_input, plan, run, within_limits
 from service.api.v2.tensors import (
     V2Error,
@@ -27,6 +27,7 @@ from service.api.v2.tensors import (
     read_pixels,
     split_body,
 )
+from service.edge import RETRY_AFTER
 from service.edge.body import release_body
 from service.inputs.pixels import FEATURES
 from service.registry import ServedModel
