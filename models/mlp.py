@@ -91,6 +91,10 @@ class DropoutMLPScratch(nn.Module):
     def layers(self) -> list[nn.Linear]:
         return list(self.linears)  # type: ignore[arg-type]
 
+    def embed(self, X: torch.Tensor) -> torch.Tensor:
+        """[batch, features]: the deterministic part before the dense layers (here a flatten)."""
+        return X.reshape(X.shape[0], -1)
+
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return forward_layers(self.layers(), self.config.dropout, X, dropout=self.training)
 
@@ -110,6 +114,10 @@ class DropoutMLPConcise(nn.Module):
 
     def layers(self) -> list[nn.Linear]:
         return [m for m in self.net if isinstance(m, nn.Linear)]
+
+    def embed(self, X: torch.Tensor) -> torch.Tensor:
+        """[batch, features]: the deterministic part before the dense layers (here a flatten)."""
+        return X.reshape(X.shape[0], -1)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(X)
