@@ -32,7 +32,7 @@ from collections.abc import Callable
 import torch
 from torch.nn import functional as F
 
-from models.engine import Engine, MCRequest, instance_rows
+from models.engine import Engine, MCRequest, row_indices
 from models.mlp import DropoutMLP, MLPConfig, build_model
 from models.stats import UncertaintyStats, split_requests, summarize
 
@@ -235,7 +235,7 @@ def graphed(
     the graph and copies the statistics to the CPU (models.stats.split_requests)."""
     sizes = [(1, n)] * k
     X = torch.zeros(k, engine.linears[0].in_features, device=engine.device)
-    instance = instance_rows(sizes, engine.device)
+    instance, passes = row_indices(sizes, engine.device)
     generators = [torch.Generator(engine.device) for _ in range(k)]
     graph = torch.cuda.CUDAGraph()
     for generator in generators:  # the graph reads their seeds and offsets at each replay
@@ -245,14 +245,14 @@ def graphed(
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(3):
-            engine.fused_passes(X, instance, sizes, generators)
+            engine.fused_passes(X, instance, passes, sizes, generators)
     torch.cuda.current_stream().wait_stream(side)
     with torch.cuda.graph(graph):
-        every = engine.fused_passes(X, instance, sizes, generators)
+        every = engine.fused_passes(X, instance, passes, sizes, generators)
 
-    # The graph reads its inputs' memory at each replay: both must live as long as it does
+    # The graph reads its inputs' memory at each replay: all three must live as long as it does
     # (a freed `instance` was reused by later tensors, and the replays gathered out of bounds).
-    inputs = (X, instance)
+    inputs = (X, instance, passes)
 
     def replay(images: torch.Tensor, seeds: list[int]) -> list[UncertaintyStats]:
         inputs[0].copy_(images)

@@ -2,16 +2,24 @@
 
 Rules of the design: the dropout mode is an argument of the forward pass, never module state;
 layers before the first dropout run once per input; each request draws its masks from its own
-generator, so a seed reproduces the answer whatever else shares the batch.
+generator, pass after pass, every instance of the request meeting the same sub-network in a pass
+(models.masks.PassMasks).
 
-Requests run one by one on the CPU; on a GPU, where each tensor operation costs a launch of a
-few microseconds whatever its size, the requests of a call run together (`fuse`): one pass
-over all their rows per layer, each request's masks still drawn from its own generator, in the
-same order whatever shares the call, and their statistics reduced in one go
-(models.stats.grouped_on_device).
+An answer is a function of (checkpoint, input, N, seed) alone, bit for bit. On the CPU every
+instance runs alone: the same tensor operations on tensors of the same shapes, whatever else its
+request holds or the call it shares. (A matrix product's rows are not: the BLAS picks its
+kernels and splits the sums by the number of rows and threads, so a row's last bits would follow
+its company: docs/reliability.md#the-same-answer-in-any-company.) The cost of running instances
+alone is measured by bench/engine.py (docs/performance.md#the-mc-engine-one-request).
 
-Memory: passes run in chunks of at most max(max_chunk_rows, batch) rows (a row is one instance in
-one pass). A chunk holds a few float32 tensors per layer width, about
+On a GPU, where each tensor operation costs a launch of a few microseconds whatever its size, the
+requests of a call run together (`fuse`): one pass over all their rows per layer, each request's
+masks still drawn from its own generator, and their statistics reduced in one go
+(models.stats.grouped_on_device). Fused answers have the same masks, hence the same votes, but
+their sums may differ in the last bits with their company.
+
+Memory: an instance's passes run in chunks of at most max_chunk_rows passes (fused: rows, a row
+being one instance in one pass). A chunk holds a few float32 tensors per layer width, about
 rows x 4 B x 3 x (sum of hidden sizes + classes), 51 MB for 784-256-256-10 at the default 8192 rows
 (bench/engine_memory.py measures the peak: docs/performance.md#memory-of-one-request). The
 statistics are accumulated per chunk in O(batch x classes), independent of N.
@@ -29,9 +37,15 @@ import torch
 from torch.nn import functional as F
 
 from models.checkpoint import Checkpoint
-from models.masks import MaskSampler
+from models.masks import MaskSampler, PassMasks
 from models.mlp import DropoutMLP, forward_layers
-from models.stats import StatsAccumulator, UncertaintyStats, grouped_on_device, split_requests
+from models.stats import (
+    StatsAccumulator,
+    UncertaintyStats,
+    concat_stats,
+    grouped_on_device,
+    split_requests,
+)
 
 # Seeds are integers in [0, 2**53 - 1], the largest integer every JSON client (JavaScript's
 # Number among them) holds exactly: the one range of the engine and of every route.
@@ -76,20 +90,13 @@ class Engine:
         # The prefix runs up to and including the hidden layer that the first dropout follows.
         self.first_dropout = next((i for i, p in enumerate(self.ps) if p > 0), None)
         self.samplers = [MaskSampler(p) if p > 0 else None for p in self.ps]
-        # The dropouts from the first on: (sampler, width); the first one's width is that of the
-        # units a request leaves active (_logit_chunks), known only then.
-        self.dropouts = [
-            (sampler, linear.out_features)
-            for sampler, linear in zip(self.samplers, self.linears, strict=False)
-            if sampler is not None
-        ]
-        # Where they share p, one draw gives all of a chunk's masks (_chunk_masks).
-        shared = {sampler for sampler, _ in self.dropouts}
-        self.shared_sampler = shared.pop() if len(shared) == 1 else None
+        # Each pass's masks of the dropouts from the first on, one sub-network.
+        widths = [linear.out_features for linear in self.linears[:-1]]
+        self.pass_masks = PassMasks([(p, w) for p, w in zip(self.ps, widths, strict=True) if p > 0])
         # Constants are folded into weights once: each dropout's 1/keep into the next layer,
         # (h * m / q) W^T = (h * m) (W / q)^T, and 1/temperature into the last one. That saves
         # a pass over every masked activation and over the logits. Hidden layers' weights are
-        # stored transposed, [in, out] and contiguous: dropping inactive inputs (below) then
+        # stored transposed, [in, out] and contiguous: dropping inactive inputs (_active) then
         # selects whole rows, where selecting columns of [out, in] is a strided gather (slower:
         # docs/performance.md#the-mc-engine-one-request); the narrow last layer multiplies
         # faster as [out, in].
@@ -132,10 +139,11 @@ class Engine:
         return self.first_dropout is not None
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:
-        """Eval-mode class probabilities [batch, classes]."""
+        """Eval-mode class probabilities [batch, classes], each instance run alone."""
         with torch.inference_mode():
-            logits = forward_layers(self.linears, self.ps, X.to(self.device), dropout=False)
-            return F.softmax(logits / self.temperature_eval, dim=-1)
+            X = X.to(self.device)
+            rows = [self._eval(X[i : i + 1]) for i in range(X.shape[0])]
+            return torch.cat(rows) if rows else X.new_empty((0, self.classes))
 
     def uncertainty(self, requests: Sequence[MCRequest]) -> list[UncertaintyStats]:
         seeds = [self._seed(r) for r in requests]  # every request checked before any work
@@ -168,8 +176,8 @@ class Engine:
     def sample_logits(self, request: MCRequest) -> torch.Tensor:
         """Every pass's logits [samples, batch, classes] (divided by temperature_mc), for
         calibration and research; the same passes as uncertainty() draws for this request."""
-        logits = torch.cat(list(self._logit_chunks(request, self._seed(request))))
-        return logits[..., : self.classes].contiguous()
+        chunks = [torch.stack(c, 1) for c in self._passes(request, self._seed(request))]
+        return torch.cat(chunks)[..., : self.classes].contiguous()
 
     def _seed(self, request: MCRequest) -> int:
         """The request's seed (a fresh one if it has none), once the request is checked."""
@@ -184,20 +192,73 @@ class Engine:
             raise ValueError(f"seed must be in [0, {MAX_SEED}], got {seed}")
         return seed
 
+    def _eval(self, x: torch.Tensor) -> torch.Tensor:
+        logits = forward_layers(self.linears, self.ps, self.model.embed(x), dropout=False)
+        return F.softmax(logits / self.temperature_eval, dim=-1)
+
     def _prefix(self, X: torch.Tensor) -> torch.Tensor:
         """[batch, width]: the layers up to the first dropout, run once for all passes."""
-        H = X if X.device == self.device else X.to(self.device)
-        H = H.reshape(H.shape[0], -1)
+        H = self.model.embed(X if X.device == self.device else X.to(self.device))
         for linear in self.linears[: (self.first_dropout or 0) + 1]:
             H = F.linear(H, linear.weight, linear.bias).relu_()
         return H
 
     @torch.inference_mode()
     def _mc(self, request: MCRequest, seed: int) -> UncertaintyStats:
-        acc = StatsAccumulator(request.X.shape[0], self.classes, self.device)
-        for logits in self._logit_chunks(request, seed):
-            acc.add(F.softmax(logits, dim=-1)[..., : self.classes])  # [passes, batch, classes]
-        return acc.finish()
+        accumulators = [
+            StatsAccumulator(1, self.classes, self.device) for _ in range(request.X.shape[0])
+        ]
+        for chunk in self._passes(request, seed):
+            for acc, logits in zip(accumulators, chunk, strict=True):
+                acc.add(F.softmax(logits, dim=-1)[:, None, : self.classes])  # [passes, 1, classes]
+        return concat_stats([acc.finish() for acc in accumulators])
+
+    def _passes(self, request: MCRequest, seed: int) -> Iterator[list[torch.Tensor]]:
+        """The passes in chunks: each chunk one [passes, padded classes] tensor per instance
+        (_padded_classes), every instance run alone through the chunk's masks. Callers run it
+        in inference mode."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        X = request.X.to(self.device)
+        instances = [self._active(self._prefix(X[i : i + 1])[0]) for i in range(X.shape[0])]
+        for start in range(0, request.samples, self.max_chunk_rows):
+            passes = min(self.max_chunk_rows, request.samples - start)
+            masks = self.pass_masks.draw([passes], [generator])
+            yield [self._instance_passes(*instance, masks) for instance in instances]
+
+    def _active(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """An instance's prefix h [width] as (h, the next layer's weight, the active units).
+
+        Units that ReLU zeroed contribute nothing in any pass: their columns (and the matching
+        weight columns) are dropped. For an image that is roughly half of them. ReLU's outputs:
+        nonzero is positive. None: every unit is active."""
+        active = h.nonzero().view(-1)
+        weight = self.tail[0][0]
+        if active.numel() == h.numel():
+            return h, weight, None
+        inputs_dim = 1 if len(self.tail) == 1 else 0  # the last layer is [out, in]
+        return h.index_select(0, active), weight.index_select(inputs_dim, active), active
+
+    def _instance_passes(
+        self,
+        h: torch.Tensor,
+        first_weight: torch.Tensor,
+        active: torch.Tensor | None,
+        masks: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        """[passes, padded classes]: one instance's passes through the chunk's masks."""
+        first = self.first_dropout
+        assert first is not None  # _seed checked it
+        # [passes, width]: the shared h broadcast into the first mask (a copy: masks are shared).
+        A = masks[0] * h if active is None else masks[0].index_select(1, active).mul_(h)
+        rest = iter(masks[1:])
+        weights = [first_weight, *(w for w, _ in self.tail[1:])]
+        for weight, (_, bias), sampler in zip(
+            weights[:-1], self.tail[:-1], self.samplers[first + 1 :], strict=True
+        ):
+            A = torch.addmm(bias, A, weight).relu_()
+            if sampler is not None:
+                A.mul_(next(rest))
+        return F.linear(A, weights[-1], self.tail[-1][1])
 
     @torch.inference_mode()
     def _fused(self, requests: Sequence[MCRequest], seeds: Sequence[int]) -> list[UncertaintyStats]:
@@ -205,7 +266,8 @@ class Engine:
         sizes = [(r.X.shape[0], r.samples) for r in requests]
         X = torch.cat([r.X.reshape(r.X.shape[0], -1).to(self.device) for r in requests])
         generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
-        every = self.fused_passes(X, instance_rows(sizes, self.device), sizes, generators)
+        instance, passes = row_indices(sizes, self.device)
+        every = self.fused_passes(X, instance, passes, sizes, generators)
         return split_requests(every, sizes)
 
     @torch.inference_mode()
@@ -213,73 +275,26 @@ class Engine:
         self,
         X: torch.Tensor,
         instance: torch.Tensor,
+        passes: torch.Tensor,
         sizes: Sequence[tuple[int, int]],
         generators: Sequence[torch.Generator],
     ) -> UncertaintyStats:
         """The device's part of fused requests, of (instances, samples) `sizes`: X [instances,
-        features] and instance (instance_rows(sizes)) on the device, and each request's seeded
-        generator. [rows, width] tensors, each request's rows pass after pass as in
-        _logit_chunks, and each one's masks from its own generator (MaskSampler.sample_rows).
-        Every instance's statistics stay on the device (grouped_on_device), and nothing is read
-        on the host: a CUDA graph can capture it (bench/engine.py)."""
-        H = self._prefix(X)
-        rows = [b * n for b, n in sizes]
-        A = H.index_select(0, instance)
+        features], and each row's instance and pass (row_indices(sizes)) on the device, and
+        each request's seeded generator. [rows, width] tensors, each request's rows pass after
+        pass, each pass's masks those _passes draws for the request (PassMasks). Every
+        instance's statistics stay on the device (grouped_on_device), and nothing is read on
+        the host: a CUDA graph can capture it (bench/engine.py)."""
+        A = self._prefix(X).index_select(0, instance)
+        masks = iter(self.pass_masks.draw([n for _, n in sizes], generators))
         for i, sampler in enumerate(self.samplers[self.first_dropout :]):
             if i > 0:
                 weight, bias = self.tail[i - 1]
                 A = torch.addmm(bias, A, weight).relu_()
             if sampler is not None:
-                A.mul_(sampler.sample_rows(rows, A.shape[1], generators))
+                A.mul_(next(masks).index_select(0, passes))
         probs = F.softmax(F.linear(A, *self.tail[-1]), dim=-1)[:, : self.classes]
         return grouped_on_device(probs, instance, sizes)
-
-    def _logit_chunks(self, request: MCRequest, seed: int) -> Iterator[torch.Tensor]:
-        """The passes in chunks of [passes, batch, padded classes] (_padded_classes); callers run
-        it in inference mode."""
-        first = self.first_dropout
-        assert first is not None  # _seed checked it
-        generator = torch.Generator(device=self.device).manual_seed(seed)
-        H = self._prefix(request.X)
-        # Units that ReLU zeroed for every instance contribute nothing in any pass: drop their
-        # columns (and the matching weight columns). For one image that is roughly half of them.
-        # ReLU's outputs: nonzero is positive. (One instance: its own, without a reduction.)
-        active = (H.any(0) if H.shape[0] > 1 else H[0]).nonzero().view(-1)
-        weights = [w for w, _ in self.tail]
-        if active.numel() < H.shape[1]:
-            inputs_dim = 1 if len(weights) == 1 else 0  # the last layer is [out, in]
-            H, weights[0] = H.index_select(1, active), weights[0].index_select(inputs_dim, active)
-        batch, width = H.shape
-        per_chunk = max(1, self.max_chunk_rows // batch)
-        for start in range(0, request.samples, per_chunk):
-            k = min(per_chunk, request.samples - start)
-            masks = iter(self._chunk_masks(k * batch, width, generator))
-            # [passes, batch, width]: the shared H broadcast into the first mask, in place.
-            A = next(masks).view(k, batch, width).mul_(H).view(k * batch, width)
-            for weight, (_, bias), sampler in zip(
-                weights[:-1], self.tail[:-1], self.samplers[first + 1 :], strict=True
-            ):
-                A = torch.addmm(bias, A, weight).relu_()
-                if sampler is not None:
-                    A.mul_(next(masks))
-            yield F.linear(A, weights[-1], self.tail[-1][1]).view(k, batch, -1)
-
-    def _chunk_masks(self, rows: int, width: int, generator: torch.Generator) -> list[torch.Tensor]:
-        """One chunk's masks [rows, width of the dropout], one per dropout from the first on (the
-        first `width` wide: the units the request left active), drawn from the request's
-        generator in that order. Where the dropouts share p, one mask covers them all, cut in
-        views: four tensor operations fewer for two dropouts."""
-        widths = [width] + [w for _, w in self.dropouts[1:]]
-        if self.shared_sampler is None:
-            return [
-                sampler.sample((rows, w), generator)
-                for (sampler, _), w in zip(self.dropouts, widths, strict=True)
-            ]
-        flat = self.shared_sampler.sample((rows * sum(widths),), generator)
-        ends = itertools.accumulate(rows * w for w in widths)
-        return [
-            flat[end - rows * w : end].view(rows, w) for end, w in zip(ends, widths, strict=True)
-        ]
 
 
 def _padded_classes(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,13 +309,19 @@ def _padded_classes(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Ten
     )
 
 
-def instance_rows(sizes: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
-    """[rows] int64: each row's instance, for requests of (instances, samples) `sizes` laid out
-    request after request and pass after pass, the instances numbered across the requests."""
-    offsets = itertools.accumulate((b for b, _ in sizes), initial=0)
-    return torch.cat(
-        [torch.arange(o, o + b).repeat(n) for (b, n), o in zip(sizes, offsets, strict=False)]
-    ).to(device)
+def row_indices(
+    sizes: Sequence[tuple[int, int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """([rows], [rows]) int64: each row's instance and pass, for requests of (instances, samples)
+    `sizes` laid out request after request and pass after pass, the instances and the passes
+    numbered across the requests."""
+    instances = itertools.accumulate((b for b, _ in sizes), initial=0)
+    passes = itertools.accumulate((n for _, n in sizes), initial=0)
+    blocks = [
+        (torch.arange(i, i + b).repeat(n), torch.arange(p, p + n).repeat_interleave(b))
+        for (b, n), i, p in zip(sizes, instances, passes, strict=False)
+    ]
+    return tuple(torch.cat(column).to(device) for column in zip(*blocks, strict=True))  # type: ignore[return-value]
 
 
 def engine_for(

@@ -6,6 +6,7 @@ single bits (p = 0.5), costs a small fraction of what torch's bernoulli_ costs a
 """
 
 import functools
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,45 +50,33 @@ class MaskSampler:
     ) -> torch.Tensor:
         """A 0/1 mask of `shape` and `dtype` on the generator's device."""
         n = math.prod(shape)
-        words = torch.empty(self._words(n), dtype=torch.int64, device=generator.device)
+        words = torch.empty(self.words(n), dtype=torch.int64, device=generator.device)
         words.random_(_INT64_MIN, _INT64_MAX, generator=generator)
         lanes = self._lanes(words)
         return self._compare((lanes if lanes.numel() == n else lanes[:n]).view(shape), dtype)
 
-    def sample_rows(
-        self,
-        rows: Sequence[int],
-        width: int,
-        generators: Sequence[torch.Generator],
-        dtype: torch.dtype = torch.float32,
+    def masks(
+        self, words: torch.Tensor, width: int, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """Masks [sum(rows), width]: rows[i] rows from generators[i], each block the mask that
-        sample((rows[i], width), generators[i]) draws. One random launch per generator and one
-        comparison for all, where sample() per block would cost three launches each."""
-        device = generators[0].device
-        counts = [self._words(r * width) for r in rows]
-        words = torch.empty(sum(counts), dtype=torch.int64, device=device)
-        for block, generator in zip(torch.split(words, counts), generators, strict=True):
-            block.random_(_INT64_MIN, _INT64_MAX, generator=generator)
+        """Masks [rows, width] from random words [rows, n] (a row's first `width` lanes; n may
+        be a column slice of a wider block)."""
         lanes = self._lanes(words)
-        if any(r * width != c * (64 // self.bits) for r, c in zip(rows, counts, strict=True)):
-            # A block ends inside a word: leave out its unused lanes.
-            blocks = torch.split(lanes, [c * (64 // self.bits) for c in counts])
-            lanes = torch.cat([b[: r * width] for b, r in zip(blocks, rows, strict=True)])
-        return self._compare(lanes.view(sum(rows), width), dtype)
+        return self._compare(lanes if lanes.shape[1] == width else lanes[:, :width], dtype)
 
-    def _words(self, lanes: int) -> int:
+    def words(self, lanes: int) -> int:
+        """The random words that `lanes` lanes take."""
         return -(-lanes // (64 // self.bits))
 
     def _lanes(self, words: torch.Tensor) -> torch.Tensor:
-        """A word's lanes, in order: 64 // bits of them, each word's together."""
+        """The words' lanes, in order: 64 // bits of them, each word's together; 1-D words
+        give 1-D lanes, and [rows, n] words [rows, n x lanes]."""
         if self.bits == 1:
-            # [words, 8] AND [8]: plane b keeps bit b of each of the word's 8 bytes, so byte k of
+            # [..., 8] AND [8]: plane b keeps bit b of each of the word's 8 bytes, so byte k of
             # plane b is that bit, in place. (One AND on int64s: unpacking the bits one byte at a
             # time with a broadcast over uint8 was several times slower,
             # docs/performance.md#the-mc-engine-one-request.)
-            planes = torch.bitwise_and(words[:, None], _bit_planes(words.device))
-            return planes.view(torch.uint8).view(-1)
+            planes = torch.bitwise_and(words[..., None], _bit_planes(words.device))
+            return planes.view(torch.uint8).view(*words.shape[:-1], -1)
         return words.view(torch.int8 if self.bits == 8 else torch.int16)
 
     def _compare(self, lanes: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -96,6 +85,54 @@ class MaskSampler:
         # (docs/performance.md#the-mc-engine-one-request).
         mask = torch.empty(lanes.shape, dtype=dtype, device=lanes.device)
         return torch.lt(lanes, self._threshold, out=mask)
+
+
+class PassMasks:
+    """The masks of a network's dropout layers, pass by pass: each pass is one sub-network.
+
+    A pass takes the next W words of its generator's stream (W: the words of all its layers'
+    masks, in layer order, each layer's starting on a whole word), so pass t's masks are the
+    same whatever chunk of passes draws them, and every instance of a request meets the same
+    sub-network in pass t, whatever else the request holds: an answer depends on the instance,
+    N and the seed alone.
+    """
+
+    def __init__(self, layers: Sequence[tuple[float, int]]) -> None:
+        """layers: each dropout layer's (p, width), in order."""
+        self.layers = [(MaskSampler(p), width) for p, width in layers]
+        counts = [sampler.words(width) for sampler, width in self.layers]
+        self.starts = list(itertools.accumulate(counts, initial=0))
+        self.words = self.starts[-1]
+        # Where the layers share p, one comparison covers them all (four tensor operations
+        # fewer for two layers), and each layer's mask is a view of its columns.
+        shared = {sampler for sampler, _ in self.layers}
+        self.shared = shared.pop() if len(shared) == 1 else None
+
+    def draw(
+        self,
+        passes: Sequence[int],
+        generators: Sequence[torch.Generator],
+        dtype: torch.dtype = torch.float32,
+    ) -> list[torch.Tensor]:
+        """One mask [sum(passes), width] per layer: passes[i] passes from generators[i], one
+        after another. One random launch per generator, and one comparison per p."""
+        device = generators[0].device
+        words = torch.empty((sum(passes), self.words), dtype=torch.int64, device=device)
+        for block, generator in zip(torch.split(words, list(passes)), generators, strict=True):
+            block.random_(_INT64_MIN, _INT64_MAX, generator=generator)
+        if self.shared is not None:
+            lanes = 64 // self.shared.bits
+            every = self.shared.masks(words, self.words * lanes, dtype)
+            return [
+                every[:, start * lanes : start * lanes + width]
+                for start, (_, width) in zip(self.starts, self.layers, strict=False)
+            ]
+        return [
+            sampler.masks(words[:, start:end], width, dtype)
+            for start, end, (sampler, width) in zip(
+                self.starts[:-1], self.starts[1:], self.layers, strict=True
+            )
+        ]
 
 
 @functools.cache

@@ -157,6 +157,15 @@ def split_requests(
     ]
 
 
+def concat_stats(parts: Sequence[UncertaintyStats]) -> UncertaintyStats:
+    """The statistics of consecutive blocks of instances as those of one batch; the one part
+    itself where there is one."""
+    if len(parts) == 1:
+        return parts[0]
+    columns = {name: torch.cat([getattr(s, name) for s in parts]) for name in STATISTICS}
+    return UncertaintyStats(**columns, samples=parts[0].samples)
+
+
 def summarize(probs: torch.Tensor) -> UncertaintyStats:
     """Statistics of probs [passes, batch, classes] held in memory at once."""
     acc = StatsAccumulator(probs.shape[1], probs.shape[2], probs.device)

@@ -3,12 +3,10 @@ inputs, seeded with the seed plus the block's first index. A number is then a fu
 checkpoint, the inputs, N, the seed and the block size alone, as the engine guarantees for a
 request."""
 
-from collections.abc import Sequence
-
 import torch
 
 from models.engine import Engine, MCRequest
-from models.stats import UncertaintyStats
+from models.stats import UncertaintyStats, concat_stats
 
 BLOCK = 500  # inputs per seeded request; changing it changes the passes drawn
 
@@ -30,18 +28,3 @@ def engine_logits(
     """[samples, n, classes]: the very passes engine_stats() draws, as logits."""
     requests = block_requests(X, samples, seed, block)
     return torch.cat([engine.sample_logits(r) for r in requests], dim=1)
-
-
-def concat_stats(parts: Sequence[UncertaintyStats]) -> UncertaintyStats:
-    """The statistics of consecutive blocks of inputs as those of one [n] batch."""
-    return UncertaintyStats(
-        class_index=torch.cat([s.class_index for s in parts]),
-        agreement=torch.cat([s.agreement for s in parts]),
-        votes=torch.cat([s.votes for s in parts]),
-        mean_probabilities=torch.cat([s.mean_probabilities for s in parts]),
-        std_probabilities=torch.cat([s.std_probabilities for s in parts]),
-        predictive_entropy=torch.cat([s.predictive_entropy for s in parts]),
-        expected_entropy=torch.cat([s.expected_entropy for s in parts]),
-        mutual_information=torch.cat([s.mutual_information for s in parts]),
-        samples=parts[0].samples,
-    )

@@ -16,8 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from models.stats import StatsAccumulator, UncertaintyStats
-from training.mc import concat_stats
+from models.stats import StatsAccumulator, UncertaintyStats, concat_stats
 
 NoiseKind = Literal["none", "dropout", "dropconnect", "gaussian"]
 NOISE_KINDS: tuple[str, ...] = get_args(NoiseKind)

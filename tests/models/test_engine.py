@@ -66,7 +66,9 @@ def test_predict_is_softmax_of_eval_forward(variant: Variant) -> None:
     probs = engine.predict(X)
     torch.testing.assert_close(probs.sum(-1), torch.ones(6))
     with torch.no_grad():
-        assert torch.equal(probs, torch.softmax(model(X), dim=-1))
+        # Each instance alone (models/engine.py): the rows of one batched product may differ.
+        alone = torch.cat([torch.softmax(model(x[None]), dim=-1) for x in X])
+        assert torch.equal(probs, alone)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -141,13 +143,13 @@ def test_fused_groups_stay_within_max_chunk_rows(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(torch, "addmm", spy_addmm)
     # 40 + 40 rows share a group, 30 more would pass 100: a second group; 2 x 150 rows are
-    # over the limit alone and run in chunks of 100 // 2 passes.
+    # over the limit alone: each instance alone, in chunks of 100 passes (100, then 50).
     sizes = [(1, 40), (2, 20), (3, 10), (2, 150), (1, 5)]
     requests = [MCRequest(images(b, i), n, i) for i, (b, n) in enumerate(sizes)]
     answers = engine.uncertainty(requests)
     for s, (b, n) in zip(answers, sizes, strict=True):
         assert_valid(s, b, n)
-    assert rows == [80, 100, 100, 100, 35]
+    assert rows == [80, 100, 100, 50, 50, 35]
 
 
 def test_answers_do_not_depend_on_the_thread_count() -> None:
@@ -253,16 +255,73 @@ def test_deterministic_prefix_runs_once(
     engine.uncertainty([MCRequest(images(batch), samples, 0)])
     layers = model.layers()
     first = dropout.index(next(p for p in dropout if p > 0))
-    # Layers up to the one the first dropout follows run once, on the batch alone ...
-    assert calls[: first + 1] == [(batch, linear.out_features) for linear in layers[: first + 1]]
-    # ... the rest once per chunk, and every pass of every instance goes through each once.
-    per_chunk = max(1, max_chunk_rows // batch)
-    tail, rest = calls[first + 1 :], layers[first + 1 :]
+    # Layers up to the one the first dropout follows run once per instance, each alone ...
+    prefix = [(1, linear.out_features) for linear in layers[: first + 1]]
+    assert calls[: batch * (first + 1)] == prefix * batch
+    # ... the rest once per chunk of passes and instance, max_chunk_rows passes at most.
+    tail, rest = calls[batch * (first + 1) :], layers[first + 1 :]
     # (the last layer's classes padded to 16: models.engine._padded_classes)
     widths = [linear.out_features for linear in rest[:-1]] + [16]
-    assert [out for _, out in tail] == widths * math.ceil(samples / per_chunk)
-    for i in range(len(rest)):
-        assert sum(rows for rows, _ in tail[i :: len(rest)]) == samples * batch
+    chunks = [min(max_chunk_rows, samples - s) for s in range(0, samples, max_chunk_rows)]
+    assert tail == [(k, width) for k in chunks for _ in range(batch) for width in widths]
+
+
+def row(s: UncertaintyStats, i: int) -> UncertaintyStats:
+    """Instance i's statistics, as a batch of one."""
+    return replace(
+        s, **{f.name: getattr(s, f.name)[i : i + 1] for f in fields(s) if f.name != "samples"}
+    )
+
+
+# Where every instance runs alone: the CPU, and a GPU that does not fuse requests.
+ALONE = [
+    "cpu",
+    pytest.param(
+        "cuda-alone", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+    ),
+]
+
+
+def alone_engine(model: DropoutMLP, kind: str, max_chunk_rows: int = 8192) -> Engine:
+    device = "cuda" if kind == "cuda-alone" else "cpu"
+    return Engine(model.to(device), max_chunk_rows=max_chunk_rows, fuse=False)
+
+
+@pytest.mark.parametrize("kind", ALONE)
+@pytest.mark.parametrize(
+    "config", [SMALL, MLPConfig(), MLPConfig(hidden=(32, 16), dropout=(0.0, 0.5))]
+)
+def test_an_answer_is_the_same_alone_at_any_position_and_in_any_company(
+    kind: str, config: MLPConfig
+) -> None:
+    # An answer is a function of (checkpoint, input, N, seed): the same bits alone, at every
+    # position of a request, beside other requests, and whatever the chunks of passes.
+    engine = alone_engine(make_model(config), kind, max_chunk_rows=16)
+    x, others = images(1, 40), images(7, 41)
+    alone_eval = engine.predict(x)
+    (alone,) = engine.uncertainty([MCRequest(x, 50, 77)])
+    for position in (0, 3, 7):
+        X = torch.cat([others[:position], x, others[position:]])
+        assert torch.equal(engine.predict(X)[position : position + 1], alone_eval)
+        neighbours = [MCRequest(images(2, 42), 30, 5), MCRequest(others, 50, 77)]
+        answers = engine.uncertainty([neighbours[0], MCRequest(X, 50, 77), neighbours[1]])
+        assert_stats_equal(row(answers[1], position), alone)
+    # The chunks of passes do not matter either: the passes are drawn pass after pass.
+    (one_chunk,) = alone_engine(make_model(config), kind).uncertainty([MCRequest(x, 50, 77)])
+    assert torch.equal(one_chunk.votes, alone.votes)
+    # The test has power: another seed, or another N, changes the answer.
+    (other,) = engine.uncertainty([MCRequest(x, 50, 78)])
+    assert not torch.equal(other.mean_probabilities, alone.mean_probabilities)
+
+
+def test_passes_are_shared_sub_networks() -> None:
+    # Pass t is one sub-network for all the instances of a request: two copies of an image in
+    # one request get the same passes, where independent masks would give them different ones.
+    engine = Engine(make_model())
+    x = images(1, 50)
+    passes = engine.sample_logits(MCRequest(torch.cat([x, images(1, 51), x]), 30, 9))
+    assert torch.equal(passes[:, 0], passes[:, 2])
+    assert not torch.equal(passes[:, 0], passes[:, 1])
 
 
 def test_model_without_dropout_refuses_mc() -> None:

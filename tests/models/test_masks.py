@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from models.masks import MaskSampler
+from models.masks import MaskSampler, PassMasks
 
 
 @pytest.mark.parametrize(("p", "bits"), [(0.5, 1), (0.25, 8), (0.3, 16), (0.1, 16), (0.9, 16)])
@@ -63,18 +63,39 @@ DEVICES = [
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(("p", "width"), [(0.5, 16), (0.5, 3), (0.3, 16), (0.3, 5)])
-def test_rows_for_several_generators_are_each_ones_own_mask(
-    device: str, p: float, width: int
+@pytest.mark.parametrize(
+    "layers",
+    [[(0.5, 16)], [(0.5, 3), (0.5, 70)], [(0.3, 16)], [(0.2, 5), (0.5, 7)], [(0.25, 9), (0.3, 2)]],
+)
+def test_pass_masks_are_each_generators_own_and_the_same_in_any_chunk(
+    device: str, layers: list[tuple[float, int]]
 ) -> None:
-    sampler = MaskSampler(p)
-    rows = [3, 1, 7]
+    masks = PassMasks(layers)
 
     def generators() -> list[torch.Generator]:
         return [torch.Generator(device).manual_seed(seed) for seed in (5, 6, 7)]
 
-    together = sampler.sample_rows(rows, width, generators())
-    alone = [sampler.sample((r, width), g) for r, g in zip(rows, generators(), strict=True)]
-    assert together.shape == (11, width)
-    assert together.device.type == device
-    assert torch.equal(together, torch.cat(alone))
+    passes = [3, 1, 7]
+    together = masks.draw(passes, generators())
+    assert [m.shape for m in together] == [(11, width) for _, width in layers]
+    assert all(m.device.type == device for m in together)
+    alone = [masks.draw([n], [g]) for n, g in zip(passes, generators(), strict=True)]
+    for layer, mask in enumerate(together):
+        assert torch.equal(mask, torch.cat([a[layer] for a in alone]))
+    # A generator's passes drawn in chunks of any size are the same passes.
+    g = generators()[2]
+    chunks = [masks.draw([k], [g]) for k in (2, 4, 1)]
+    for layer, mask in enumerate(together):
+        assert torch.equal(mask[4:], torch.cat([c[layer] for c in chunks]))
+
+
+def test_pass_masks_keep_each_layers_rate_in_every_column() -> None:
+    layers = [(0.5, 40), (0.3, 24), (0.25, 8)]
+    rows = 20_000
+    drawn = PassMasks(layers).draw([rows], [torch.Generator().manual_seed(8)])
+    for (p, width), mask in zip(layers, drawn, strict=True):
+        keep = MaskSampler(p).keep
+        assert mask.shape == (rows, width)
+        assert bool(((mask == 0) | (mask == 1)).all())
+        tolerance = 5 * math.sqrt(keep * (1 - keep) / rows)
+        assert (mask.mean(0) - keep).abs().max() < tolerance

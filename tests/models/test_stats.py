@@ -4,7 +4,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from models.engine import instance_rows
+from models.engine import row_indices
 from models.stats import (
     StatsAccumulator,
     UncertaintyStats,
@@ -115,7 +115,7 @@ def test_grouped_statistics_equal_each_requests_own() -> None:
     requests = [(2, 5), (1, 7), (3, 4)]
     probs = [_random_probs(n, b, 6, seed) for seed, (b, n) in enumerate(requests)]
     rows = torch.cat([p.reshape(-1, 6) for p in probs])
-    instance = instance_rows(requests, torch.device("cpu"))
+    instance, _ = row_indices(requests, torch.device("cpu"))
     grouped = split_requests(grouped_on_device(rows, instance, requests), requests)
     assert len(grouped) == 3
     for got, p in zip(grouped, probs, strict=True):
