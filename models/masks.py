@@ -118,7 +118,8 @@ class PassMasks:
         after another. One random launch per generator, and one comparison per p."""
         device = generators[0].device
         words = torch.empty((sum(passes), self.words), dtype=torch.int64, device=device)
-        for block, generator in zip(torch.split(words, list(passes)), generators, strict=True):
+        blocks = torch.split(words, list(passes)) if len(generators) > 1 else [words]
+        for block, generator in zip(blocks, generators, strict=True):
             block.random_(_INT64_MIN, _INT64_MAX, generator=generator)
         if self.shared is not None:
             lanes = 64 // self.shared.bits
