@@ -19,7 +19,7 @@ import torch
 from torch.nn import functional as F
 
 from models.checkpoint import load_checkpoint
-from models.mlp import DropoutMLP
+from models.networks import Network
 from models.stats import summarize
 
 
@@ -38,7 +38,7 @@ class CheckpointAPI(ls.LitAPI):  # type: ignore[misc]
 
     def setup(self, device: str) -> None:
         loaded = load_checkpoint(self.checkpoint)
-        self.model: DropoutMLP = loaded.model
+        self.model: Network = loaded.model
         self.labels = loaded.labels
 
     def decode_request(self, request: dict[str, Any]) -> Decoded:

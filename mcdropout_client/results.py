@@ -18,9 +18,13 @@ class Health(_Result):
 
 
 class Architecture(_Result):
-    layer_sizes: list[int]
-    dropout: list[float]
-    variant: str
+    layer_sizes: list[int]  # the dense layers, from their input features to the classes
+    dropout: list[float]  # one p per hidden dense layer
+    variant: str | None  # the MLP's form; None for a CNN
+    # Older servers (MLPs only) send neither: an MLP's values.
+    kind: str = "mlp"  # "mlp" or "cnn"
+    conv_channels: list[int] = Field(default_factory=list)  # a CNN's channels per conv block
+    convs_per_block: int | None = None  # a CNN's
 
 
 class InputSpec(_Result):

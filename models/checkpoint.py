@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from models.mlp import DropoutMLP, MLPConfig, build_model
+from models.cnn import DropoutCNN
+from models.networks import Config, Network, build_model, config_from_dict
 
 FORMAT = "mcdropout"
 FORMAT_VERSION = "1"
@@ -57,7 +58,7 @@ def _content_sha256(kind: str, meta_json: str, tensors: dict[str, torch.Tensor])
     for name in sorted(tensors):
         t = tensors[name].contiguous()
         h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -130,9 +131,19 @@ def load_tensors(path: Path, kind: str) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, meta, hashlib.sha256(data).hexdigest()
 
 
-def weights_of(model: DropoutMLP) -> dict[str, torch.Tensor]:
-    """Variant-independent names: layers.{i}.weight / layers.{i}.bias."""
+def weights_of(model: Network) -> dict[str, torch.Tensor]:
+    """Every tensor the network's outputs depend on, by a name independent of the module tree:
+    the dense layers as layers.{i}.weight / layers.{i}.bias (the MLP's only tensors, the same
+    for both forms), and a CNN's conv unit c of block b as features.{b}.{c}.conv.weight and
+    features.{b}.{c}.bn.{weight,bias,running_mean,running_var} (BatchNorm's batch counter is
+    left out: with a fixed momentum nothing reads it)."""
     out: dict[str, torch.Tensor] = {}
+    if isinstance(model, DropoutCNN):
+        for b, block in enumerate(model.units):
+            for c, unit in enumerate(block):
+                out[f"features.{b}.{c}.conv.weight"] = unit.conv.weight
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    out[f"features.{b}.{c}.bn.{name}"] = getattr(unit.bn, name)
     for i, linear in enumerate(model.layers()):
         out[f"layers.{i}.weight"] = linear.weight
         out[f"layers.{i}.bias"] = linear.bias
@@ -141,13 +152,13 @@ def weights_of(model: DropoutMLP) -> dict[str, torch.Tensor]:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    model: DropoutMLP
+    model: Network
     labels: tuple[str, ...]
     metadata: dict[str, Any]  # preprocessing, metrics, provenance, created_at, ...
     sha256: str  # of the whole file, as sha256sum prints it
 
     @property
-    def config(self) -> MLPConfig:
+    def config(self) -> Config:
         return self.model.config
 
     @property
@@ -156,7 +167,7 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    path: Path, model: DropoutMLP, labels: tuple[str, ...] | list[str], meta: dict[str, Any]
+    path: Path, model: Network, labels: tuple[str, ...] | list[str], meta: dict[str, Any]
 ) -> str:
     if len(labels) != model.config.num_outputs:
         raise ValueError(f"{len(labels)} labels for {model.config.num_outputs} outputs")
@@ -164,10 +175,9 @@ def save_checkpoint(
     return save_tensors(path, MODEL_KIND, weights_of(model), meta)
 
 
-def model_from_tensors(
-    tensors: dict[str, torch.Tensor], config: MLPConfig, name: str
-) -> DropoutMLP:
-    """Build the network and copy the weights in, strictly: keys, shapes, dtypes, finite values."""
+def model_from_tensors(tensors: dict[str, torch.Tensor], config: Config, name: str) -> Network:
+    """Build the network and copy the weights in, strictly: keys, shapes, dtypes, finite values,
+    and BatchNorm running variances that are not negative."""
     model = build_model(config)
     expected = {k: v.shape for k, v in weights_of(model).items()}
     missing = sorted(expected.keys() - tensors.keys())
@@ -186,6 +196,8 @@ def model_from_tensors(
             raise CheckpointError(f"{name}: tensor {key} has dtype {t.dtype}, expected float32")
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{name}: tensor {key} holds NaN or infinite values")
+        if key.endswith(".running_var") and (t < 0).any():
+            raise CheckpointError(f"{name}: tensor {key} holds negative variances")
     with torch.no_grad():
         for key, param in weights_of(model).items():
             param.copy_(tensors[key])
@@ -195,7 +207,7 @@ def model_from_tensors(
 def load_checkpoint(path: Path) -> Checkpoint:
     tensors, meta, sha = load_tensors(path, MODEL_KIND)
     try:
-        config = MLPConfig.from_dict(meta["config"])
+        config = config_from_dict(meta["config"])
         labels = tuple(str(x) for x in meta["labels"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path.name}: invalid architecture metadata ({e})") from None

@@ -3,7 +3,7 @@
 import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -14,8 +14,25 @@ from models.dropout import dropout_layer
 Variant = Literal["scratch", "concise"]
 
 
+def check_dense_head(hidden: Sequence[int], dropout: Sequence[float], num_outputs: int) -> None:
+    """The dense layers every network ends with: at least one hidden layer, each followed by
+    ReLU and dropout with its own p in [0, 1), then a linear layer to at least two outputs."""
+    if num_outputs < 2:
+        raise ValueError(f"num_outputs must be >= 2, got {num_outputs}")
+    if not hidden or any(h < 1 for h in hidden):
+        raise ValueError(f"hidden sizes must be positive integers, got {tuple(hidden)}")
+    if len(dropout) != len(hidden):
+        raise ValueError(
+            f"give one dropout probability per hidden layer: {len(hidden)} hidden "
+            f"layers but {len(dropout)} probabilities"
+        )
+    if any(not 0.0 <= p < 1.0 for p in dropout):
+        raise ValueError(f"dropout probabilities must be in [0, 1), got {tuple(dropout)}")
+
+
 @dataclass(frozen=True)
 class MLPConfig:
+    kind: ClassVar[str] = "mlp"  # written by to_dict: what models.networks builds from it
     num_inputs: int = 784
     num_outputs: int = 10
     hidden: tuple[int, ...] = (256, 256)
@@ -27,17 +44,9 @@ class MLPConfig:
         # Lists from JSON or argparse become tuples, so configs compare and hash by value.
         object.__setattr__(self, "hidden", tuple(self.hidden))
         object.__setattr__(self, "dropout", tuple(self.dropout))
-        if self.num_inputs < 1 or self.num_outputs < 2:
-            raise ValueError("num_inputs must be >= 1 and num_outputs >= 2")
-        if not self.hidden or any(h < 1 for h in self.hidden):
-            raise ValueError(f"hidden sizes must be positive integers, got {self.hidden}")
-        if len(self.dropout) != len(self.hidden):
-            raise ValueError(
-                f"give one dropout probability per hidden layer: {len(self.hidden)} hidden "
-                f"layers but {len(self.dropout)} probabilities"
-            )
-        if any(not 0.0 <= p < 1.0 for p in self.dropout):
-            raise ValueError(f"dropout probabilities must be in [0, 1), got {self.dropout}")
+        if self.num_inputs < 1:
+            raise ValueError(f"num_inputs must be >= 1, got {self.num_inputs}")
+        check_dense_head(self.hidden, self.dropout, self.num_outputs)
         if self.variant not in ("scratch", "concise"):
             raise ValueError(f"variant must be 'scratch' or 'concise', got {self.variant!r}")
 
@@ -46,12 +55,13 @@ class MLPConfig:
         return (self.num_inputs, *self.hidden, self.num_outputs)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {"kind": self.kind, **asdict(self)}
         d["hidden"], d["dropout"] = list(self.hidden), list(self.dropout)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MLPConfig":
+        """From to_dict's output, or from a checkpoint written before configs had a kind."""
         return cls(
             num_inputs=int(d["num_inputs"]),
             num_outputs=int(d["num_outputs"]),

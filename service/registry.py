@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from models.cnn import CNNConfig
 from models.engine import Engine, engine_for
+from models.networks import Config
 from service.api.schemas import Architecture, Calibration, InputSpec, ModelCard, SampleLimits
 from service.edge.observability import Metrics
 from service.inputs.pixels import FEATURES, SIDE
@@ -35,16 +37,33 @@ class ServedModel:
         return self.card.calibration.abstain_below_agreement if self.card.calibration else None
 
 
+def architecture(config: Config) -> Architecture:
+    sizes, dropout = list(config.sizes), list(config.dropout)
+    if isinstance(config, CNNConfig):
+        return Architecture(
+            kind=config.kind,
+            layer_sizes=sizes,
+            dropout=dropout,
+            variant=None,
+            conv_channels=list(config.channels),
+            convs_per_block=config.convs_per_block,
+        )
+    return Architecture(
+        kind=config.kind,
+        layer_sizes=sizes,
+        dropout=dropout,
+        variant=config.variant,
+        conv_channels=[],
+        convs_per_block=None,
+    )
+
+
 def model_card(name: str, ckpt: Checkpoint, settings: Settings) -> ModelCard:
     meta = ckpt.metadata
     return ModelCard(
         name=name,
         version=ckpt.version,
-        architecture=Architecture(
-            layer_sizes=list(ckpt.config.sizes),
-            dropout=list(ckpt.config.dropout),
-            variant=ckpt.config.variant,
-        ),
+        architecture=architecture(ckpt.config),
         labels=list(ckpt.labels),
         input=InputSpec(
             shape=[FEATURES],

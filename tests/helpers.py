@@ -14,13 +14,16 @@ import torch
 from fastapi.testclient import TestClient
 
 from models.checkpoint import save_checkpoint
-from models.mlp import MLPConfig, build_model
+from models.cnn import CNNConfig, DropoutCNN
+from models.mlp import MLPConfig
+from models.networks import build_model
 from service.app import create_app
 from service.inference.batcher import Runner
 from service.settings import Settings
 from training.data import LABELS, Split
 
 TINY = MLPConfig(hidden=(32, 16), dropout=(0.5, 0.5))
+TINY_CNN = CNNConfig(channels=(4, 8), hidden=(16,), dropout=(0.5,))  # 1x28x28: 784 pixels
 
 
 def images(n: int, seed: int = 0) -> list[list[float]]:
@@ -47,6 +50,24 @@ def write_tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     meta = {"created_at": "2026-01-01T00:00:00+00:00", "metrics": {"test_accuracy": 0.5}}
     save_checkpoint(path, build_model(TINY), LABELS, meta)
+    return path
+
+
+def tiny_cnn(seed: int = 0, config: CNNConfig = TINY_CNN) -> DropoutCNN:
+    """A small CNN in eval mode after a few train-mode forwards: BatchNorm's running statistics
+    have moved away from their initial 0 and 1, so that eval outputs depend on them."""
+    torch.manual_seed(seed)
+    model = build_model(config)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(16, config.num_inputs, generator=g))
+    return model.eval()
+
+
+def write_tiny_cnn_checkpoint(path: Path, seed: int = 0) -> Path:
+    meta = {"created_at": "2026-01-01T00:00:00+00:00", "metrics": {"test_accuracy": 0.5}}
+    save_checkpoint(path, tiny_cnn(seed), LABELS, meta)
     return path
 
 

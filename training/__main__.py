@@ -1,12 +1,15 @@
 """python -m training COMMAND: every command names its handler (set_defaults(handler=...)).
 
-  train [--out PATH] [--data-dir DIR] [--epochs N] [--batch-size N] [--lr LR] [--momentum M]
-        [--weight-decay W] [--hidden 256,256] [--dropout 0.2,0.5] [--variant scratch|concise]
+  train [--arch mlp|cnn] [--out PATH] [--data-dir DIR] [--epochs N] [--batch-size N] [--lr LR]
+        [--momentum M] [--nesterov] [--weight-decay W] [--hidden 256,256] [--dropout 0.2,0.5]
+        [--variant scratch|concise] [--channels 32,64] [--convs-per-block N]
         [--schedule constant|cosine] [--seed S] [--val-size N] [--limit N] [--dry-run]
         [--no-resume] [--no-progress]
         [--calibration-samples N] [--calibration-seed S] [--target-accuracy A]
-      Train the dropout MLP on Fashion-MNIST, then calibrate it and write the checkpoint; under
-      torchrun the same training runs data-parallel (training/distributed.py).
+      Train a dropout network on Fashion-MNIST (the MLP, or the CNN), then calibrate it and
+      write the checkpoint; settings not given are the architecture's recipe
+      (training.train.RECIPES). Under torchrun the same training runs data-parallel
+      (training/distributed.py).
   calibrate CHECKPOINT [--data-dir DIR]
         [--calibration-samples N] [--calibration-seed S] [--target-accuracy A]
       Fit the temperatures and the abstention threshold again, in the checkpoint.
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from models.checkpoint import CheckpointError
-from models.mlp import DropoutMLP
+from models.networks import Network
 from training import calibrate, distributed, evaluate, experiments, report, train
 from training.data import DataError, Split
 
@@ -41,23 +44,44 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(","))
 
 
+def fmt(value: object) -> str:
+    """A setting as the command line writes it."""
+    if isinstance(value, tuple):
+        return ",".join(str(x) for x in value)
+    return str(value)
+
+
+def recipe(name: str) -> str:
+    """Help text: each architecture's recipe value of the setting `name`."""
+    values = ", ".join(f"{a} {fmt(getattr(r, name))}" for a, r in train.RECIPES.items())
+    return f"default: the arch's recipe ({values})"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training")
     sub = p.add_subparsers(dest="command", required=True)
     d = train.TrainConfig()
 
-    t = sub.add_parser("train", help="train the dropout MLP on Fashion-MNIST")
-    t.add_argument("--out", type=Path, default=d.out, help="checkpoint to write (%(default)s)")
+    t = sub.add_parser("train", help="train a dropout network (MLP or CNN) on Fashion-MNIST")
+    t.add_argument("--arch", choices=list(train.RECIPES), default="mlp", help="(%(default)s)")
+    t.add_argument("--out", type=Path, help=recipe("out"))
     t.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST IDX files")
-    t.add_argument("--epochs", type=int, default=d.epochs)
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--lr", type=float, default=d.lr)
-    t.add_argument("--momentum", type=float, default=d.momentum)
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    t.add_argument("--hidden", type=ints, default=d.hidden, help="comma-separated, e.g. 256,256")
-    t.add_argument("--dropout", type=floats, default=d.dropout, help="one p per hidden layer")
-    t.add_argument("--variant", choices=["scratch", "concise"], default=d.variant)
-    t.add_argument("--schedule", choices=train.SCHEDULES, default=d.schedule, help="lr schedule")
+    t.add_argument("--epochs", type=int, help=recipe("epochs"))
+    t.add_argument("--batch-size", type=int, help=recipe("batch_size"))
+    t.add_argument("--lr", type=float, help=recipe("lr"))
+    t.add_argument("--momentum", type=float, help=recipe("momentum"))
+    t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, help=recipe("nesterov"))
+    t.add_argument("--weight-decay", type=float, help=recipe("weight_decay"))
+    t.add_argument("--hidden", type=ints, help="dense sizes, e.g. 256,256; " + recipe("hidden"))
+    t.add_argument("--dropout", type=floats, help="one p per hidden layer; " + recipe("dropout"))
+    t.add_argument("--variant", choices=["scratch", "concise"], help=f"mlp only ({d.variant})")
+    t.add_argument(
+        "--channels", type=ints, help=f"cnn only: channels per conv block ({fmt(d.channels)})"
+    )
+    t.add_argument(
+        "--convs-per-block", type=int, help=f"cnn only: 3x3 convs per block ({d.convs_per_block})"
+    )
+    t.add_argument("--schedule", choices=train.SCHEDULES, help="lr schedule; " + recipe("schedule"))
     t.add_argument("--seed", type=int, default=d.seed)
     t.add_argument("--val-size", type=int, default=d.val_size)
     t.add_argument("--limit", type=int, help="use only the first N training examples")
@@ -94,14 +118,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def train_command(args: argparse.Namespace) -> None:
+def train_config(args: argparse.Namespace) -> train.TrainConfig:
+    """The run the train command's flags ask for: the arch's recipe under the flags given. A
+    flag of another architecture than --arch is refused rather than ignored."""
     if args.dry_run:
         args.epochs, args.limit, args.calibration_samples = 1, 2048, 10
     skip = {"command", "handler", "dry_run", "calibration_samples", "calibration_seed"}
-    skip.add("target_accuracy")
-    options = {k: v for k, v in vars(args).items() if k not in skip}
+    skip |= {"target_accuracy", "arch"}
+    options = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    for arch, fields in train.ARCH_FIELDS.items():
+        for name in fields if arch != args.arch else ():
+            if name in options:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} is a setting of --arch {arch}, not of --arch {args.arch}")
+    return train.TrainConfig.for_arch(args.arch, **options)
 
-    def finalize(model: DropoutMLP, val: Split, test: Split) -> dict[str, Any]:
+
+def train_command(args: argparse.Namespace) -> None:
+    cfg = train_config(args)
+
+    def finalize(model: Network, val: Split, test: Split) -> dict[str, Any]:
         fitted = calibrate.calibrate(
             model,
             val,
@@ -114,7 +150,7 @@ def train_command(args: argparse.Namespace) -> None:
 
     # Started by torchrun: the same training, data-parallel (training/distributed.py).
     run = distributed.run if distributed.launched() else train.run
-    run(train.TrainConfig(**options), finalize)
+    run(cfg, finalize)
 
 
 def calibrate_command(args: argparse.Namespace) -> None:

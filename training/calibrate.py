@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from models.calibration import apply_threshold, fit_temperature, nll, select_threshold
 from models.checkpoint import load_checkpoint, save_checkpoint
 from models.engine import Engine
-from models.mlp import DropoutMLP
+from models.networks import Network
 from models.stats import summarize
 from training.data import VAL_SIZE, Split, load_splits
 from training.mc import engine_logits
@@ -39,7 +39,7 @@ class Calibration:
         return d
 
 
-def eval_logits(model: DropoutMLP, X: torch.Tensor, block: int = 2048) -> torch.Tensor:
+def eval_logits(model: Network, X: torch.Tensor, block: int = 2048) -> torch.Tensor:
     model.eval()
     with torch.inference_mode():
         return torch.cat([model(X[i : i + block]) for i in range(0, len(X), block)])
@@ -53,7 +53,7 @@ def agreement_and_correct(
 
 
 def calibrate(
-    model: DropoutMLP,
+    model: Network,
     val: Split,
     test: Split | None = None,
     *,

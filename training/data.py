@@ -47,6 +47,7 @@ UPSTREAM_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 ENV_VAR = "FASHION_MNIST_DIR"
 VAL_SIZE = 5000  # training images held out for validation, by default
+IMAGE_SHAPE = (1, 28, 28)  # [channels, height, width]: gray 28 x 28 images
 
 # The largest real file is 47 MB; the cap stops a hostile or broken .gz from filling memory.
 MAX_BYTES = 128 * 1024 * 1024
@@ -149,8 +150,11 @@ class FashionMNIST:
         ):
             if images.dtype != np.uint8 or labels.dtype != np.uint8:
                 raise DataError(f"{split}: images and labels must be uint8")
-            if images.ndim != 3 or images.shape[1:] != (28, 28):
-                raise DataError(f"{split}: images have shape {images.shape}, expected [n, 28, 28]")
+            if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE[1:]:
+                raise DataError(
+                    f"{split}: images have shape {images.shape}, "
+                    f"expected [n, {IMAGE_SHAPE[1]}, {IMAGE_SHAPE[2]}]"
+                )
             if labels.ndim != 1 or len(labels) != len(images):
                 raise DataError(f"{split}: {len(images)} images but labels of shape {labels.shape}")
             if labels.size and int(labels.max()) >= len(LABELS):

@@ -1,6 +1,7 @@
 """Data-parallel training under torchrun: DistributedDataParallel, gloo on CPUs, nccl on GPUs.
 
     torchrun --nproc_per_node=2 -m training train --out checkpoints/fashion-mlp.safetensors
+    torchrun --nproc_per_node=2 -m training train --arch cnn
 
 The command line is that of `python -m training train`; the variables torchrun sets (RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) send it here. Every process:
@@ -10,6 +11,9 @@ WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) send it here. Every process:
   multiple of world_size: at most world_size - 1 examples count twice in an epoch);
 - lets DDP average the gradients of its share's mean loss: the shares are equal (--batch-size
   must be a multiple of world_size), so a step is the step one process takes on the whole batch;
+  except for a CNN's BatchNorm, which normalises each share by its own statistics (as DDP does
+  unless the model is converted to SyncBatchNorm, which needs GPUs): its running statistics are
+  rank 0's, which DDP broadcasts to the others before every forward;
 - draws its own dropout masks, seeded from (seed, rank, epoch) before every epoch, so a resumed
   run repeats an uninterrupted one;
 - leaves the files to rank 0: training state, history and checkpoint, and the test evaluation

@@ -26,40 +26,109 @@ from models.checkpoint import (
     save_tensors,
     weights_of,
 )
-from models.mlp import DropoutMLP, MLPConfig, build_model
-from training.data import LABELS, VAL_SIZE, Split, load_splits
+from models.cnn import CNNConfig
+from models.mlp import MLPConfig, Variant
+from models.networks import Config, Network, build_model
+from training.data import IMAGE_SHAPE, LABELS, VAL_SIZE, Split, load_splits
 
 log = logging.getLogger(__name__)
 STATE_KIND = "train-state"
 SCHEDULES = ("constant", "cosine")
 # The d2l chapter's optimiser (plain SGD at lr 0.1, constant), which the experiments of
-# docs/experiments.md use; TrainConfig's defaults are the recipe those experiments chose.
+# docs/experiments.md use.
 CHAPTER_OPTIMIZER: dict[str, Any] = {"lr": 0.1, "momentum": 0.0, "schedule": "constant"}
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """An architecture's training defaults: `python -m training train --arch A` takes each
+    setting it is not given from RECIPES[A]."""
+
+    out: Path
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    hidden: tuple[int, ...]
+    dropout: tuple[float, ...]
+    schedule: str
+
+
+RECIPES: dict[str, Recipe] = {
+    # The recommended recipe of docs/experiments.md (issue 3): the chapter's network and batch
+    # size, trained longer with momentum and a cosine schedule, lighter dropout after the first
+    # hidden layer. The chapter's own optimiser is CHAPTER_OPTIMIZER above.
+    "mlp": Recipe(
+        out=Path("checkpoints/fashion-mlp.safetensors"),
+        epochs=60,
+        batch_size=256,
+        lr=0.05,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=0.0,
+        hidden=(256, 256),
+        dropout=(0.2, 0.5),
+        schedule="cosine",
+    ),
+    # CNNConfig's default network (two blocks of 32 and 64 channels, dense 256 with dropout
+    # 0.5) with momentum, weight decay and a cosine schedule (docs/training.md).
+    "cnn": Recipe(
+        out=Path("checkpoints/fashion-cnn.safetensors"),
+        epochs=15,
+        batch_size=128,
+        lr=0.05,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=5e-4,
+        hidden=(256,),
+        dropout=(0.5,),
+        schedule="cosine",
+    ),
+}
+# The settings that describe one architecture only; the others' are not part of a run's identity.
+ARCH_FIELDS: dict[str, tuple[str, ...]] = {
+    "mlp": ("variant",),
+    "cnn": ("channels", "convs_per_block"),
+}
+_MLP = RECIPES["mlp"]
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    out: Path = Path("checkpoints/fashion-mlp.safetensors")
+    """One training run. The defaults are the MLP's recipe; TrainConfig.for_arch starts from any
+    architecture's."""
+
+    out: Path = _MLP.out
     data_dir: Path | None = None
-    # The defaults are the recommended recipe of docs/experiments.md (issue 3): the chapter's
-    # network and batch size, trained longer with momentum and a cosine schedule, lighter
-    # dropout after the first hidden layer. The chapter's own settings are CHAPTER below.
-    epochs: int = 60
-    batch_size: int = 256
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    hidden: tuple[int, ...] = (256, 256)
-    dropout: tuple[float, ...] = (0.2, 0.5)
-    variant: str = "scratch"
+    epochs: int = _MLP.epochs
+    batch_size: int = _MLP.batch_size
+    lr: float = _MLP.lr
+    momentum: float = _MLP.momentum
+    nesterov: bool = _MLP.nesterov
+    weight_decay: float = _MLP.weight_decay
+    arch: str = "mlp"
+    hidden: tuple[int, ...] = _MLP.hidden
+    dropout: tuple[float, ...] = _MLP.dropout
+    variant: Variant = "scratch"  # the MLP's form
+    channels: tuple[int, ...] = CNNConfig.channels  # the CNN's, one entry per conv block
+    convs_per_block: int = CNNConfig.convs_per_block
     # "constant", or "cosine": lr * (1 + cos(pi * epoch / epochs)) / 2 for each epoch (0-based),
     # a function of the epoch alone, so that a resumed run follows the same schedule.
-    schedule: str = "cosine"
+    schedule: str = _MLP.schedule
     seed: int = 0
     val_size: int = VAL_SIZE
     limit: int | None = None  # train on the first N examples of the training split only
     resume: bool = True
     progress: bool = True
+
+    @classmethod
+    def for_arch(cls, arch: str, **settings: Any) -> "TrainConfig":
+        """The recipe of `arch` (RECIPES), with `settings` over it."""
+        if arch not in RECIPES:
+            raise ValueError(f"arch must be one of {', '.join(RECIPES)}, got {arch!r}")
+        return cls(arch=arch, **(asdict(RECIPES[arch]) | settings))
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "val_size"):
@@ -73,6 +142,14 @@ class TrainConfig:
             )
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be at least 1, got {self.limit}")
+        if self.nesterov and self.momentum <= 0:
+            raise ValueError("nesterov momentum needs a momentum above 0")
+        if self.arch not in RECIPES:
+            raise ValueError(f"arch must be one of {', '.join(RECIPES)}, got {self.arch!r}")
+        # Lists from JSON become tuples; the architecture's own rules are its config's.
+        for name in ("hidden", "dropout", "channels"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        self.model_config()
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate of epoch `epoch` (0-based)."""
@@ -80,16 +157,36 @@ class TrainConfig:
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
         return self.lr
 
-    def model_config(self) -> MLPConfig:
-        return MLPConfig(hidden=self.hidden, dropout=self.dropout, variant=self.variant)  # type: ignore[arg-type]
+    def model_config(self) -> Config:
+        """The network to train, for the training data's images (IMAGE_SHAPE)."""
+        if self.arch == "cnn":
+            channels, height, width = IMAGE_SHAPE
+            return CNNConfig(
+                in_channels=channels,
+                height=height,
+                width=width,
+                channels=self.channels,
+                convs_per_block=self.convs_per_block,
+                hidden=self.hidden,
+                dropout=self.dropout,
+            )
+        return MLPConfig(
+            num_inputs=math.prod(IMAGE_SHAPE),
+            hidden=self.hidden,
+            dropout=self.dropout,
+            variant=self.variant,
+        )
 
     def identity(self) -> dict[str, Any]:
-        """What must match for a saved training state to be resumed."""
+        """What must match for a saved training state to be resumed: every setting but where
+        files go, the number of epochs and the display, less other architectures' fields."""
         d = asdict(self)
         for k in ("out", "data_dir", "epochs", "resume", "progress"):
             d.pop(k)
-        d["hidden"], d["dropout"] = list(self.hidden), list(self.dropout)
-        return d
+        for arch, fields in ARCH_FIELDS.items():
+            for k in fields if arch != self.arch else ():
+                d.pop(k)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 @dataclass
@@ -177,7 +274,11 @@ def train_epoch(
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
     )
 
 
@@ -193,7 +294,7 @@ def history_path(out: Path) -> Path:
 def save_state(
     path: Path,
     cfg: TrainConfig,
-    model: DropoutMLP,
+    model: Network,
     optimizer: torch.optim.Optimizer,
     shuffle: torch.Generator,
     state: State,
@@ -213,10 +314,10 @@ def save_state(
 def load_state(
     path: Path,
     cfg: TrainConfig,
-    model_config: MLPConfig,
-    optimizer_for: Callable[[DropoutMLP], torch.optim.Optimizer],
+    model_config: Config,
+    optimizer_for: Callable[[Network], torch.optim.Optimizer],
     shuffle: torch.Generator,
-) -> tuple[DropoutMLP, torch.optim.Optimizer, State]:
+) -> tuple[Network, torch.optim.Optimizer, State]:
     tensors, meta, _ = load_tensors(path, STATE_KIND)
     if meta.get("identity") != cfg.identity():
         raise CheckpointError(
@@ -241,9 +342,9 @@ def fit(
     cfg: TrainConfig,
     train: Split,
     val: Split,
-    on_epoch: Callable[[DropoutMLP, torch.optim.Optimizer, torch.Generator, State], None],
+    on_epoch: Callable[[Network, torch.optim.Optimizer, torch.Generator, State], None],
     replica: Replica = SINGLE,
-) -> tuple[DropoutMLP, State]:
+) -> tuple[Network, State]:
     """Seeded training from scratch or from the saved state; on_epoch runs after each epoch.
 
     The model comes back on the CPU, whatever replica.device it trained on.
@@ -293,7 +394,15 @@ def fit(
     return model.cpu(), state
 
 
-Finalize = Callable[[DropoutMLP, Split, Split], dict[str, Any]]
+def input_shape(config: Config) -> list[int]:
+    """The checkpoint's preprocessing.input_shape: a CNN's [C, H, W]; for the MLP, the image's
+    [H, W] (the shape a client may send instead of the flat pixels)."""
+    if isinstance(config, CNNConfig):
+        return list(config.input_shape)
+    return list(IMAGE_SHAPE[1:])
+
+
+Finalize = Callable[[Network, Split, Split], dict[str, Any]]
 
 
 def run(cfg: TrainConfig, finalize: Finalize | None = None, replica: Replica = SINGLE) -> Path:
@@ -307,7 +416,7 @@ def run(cfg: TrainConfig, finalize: Finalize | None = None, replica: Replica = S
     spath, hpath = state_path(cfg.out), history_path(cfg.out)
 
     def on_epoch(
-        model: DropoutMLP, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, st: State
+        model: Network, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, st: State
     ) -> None:
         if replica.rank == 0:
             save_state(spath, cfg, model, optimizer, shuffle, st)
@@ -321,8 +430,8 @@ def run(cfg: TrainConfig, finalize: Finalize | None = None, replica: Replica = S
     meta = {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "preprocessing": {
-            "input_shape": [28, 28],
-            "flattened": 784,
+            "input_shape": input_shape(model.config),
+            "flattened": model.config.num_inputs,
             "range": [0.0, 1.0],
             "scaling": "uint8 pixel / 255, row-major, dark background (Fashion-MNIST)",
         },

@@ -92,9 +92,22 @@ class UncertaintyResponse(BaseModel):
 
 
 class Architecture(BaseModel):
-    layer_sizes: list[int]
-    dropout: list[float]
-    variant: str
+    """The network the checkpoint declares. Dropout is in its dense layers only."""
+
+    kind: str = Field(description="'mlp' (dense layers only) or 'cnn' (conv blocks, then dense)")
+    layer_sizes: list[int] = Field(
+        description="the dense layers' sizes, from their input features (an MLP's pixels, a "
+        "CNN's flattened conv output) to the classes"
+    )
+    dropout: list[float] = Field(description="one dropout probability per hidden dense layer")
+    variant: str | None = Field(
+        description="the MLP's form, 'scratch' or 'concise' (the same function); null for a CNN"
+    )
+    conv_channels: list[int] = Field(
+        description="a CNN's channels per conv block (3x3 convs, BatchNorm, ReLU, then a 2x2 "
+        "max pool); empty for an MLP"
+    )
+    convs_per_block: int | None = Field(description="a CNN's convs per block; null for an MLP")
 
 
 class InputSpec(BaseModel):

@@ -13,6 +13,7 @@ from mcdropout_client import (
     NotFoundError,
     TooLargeError,
 )
+from mcdropout_client.results import Architecture
 from tests.helpers import pixels
 from training.data import LABELS
 
@@ -47,11 +48,41 @@ def test_health_and_model_cards(server: str, model_dir: Path) -> None:
         assert (card.name, card.version, card.sha256) == ("tiny", sha[:12], sha)
         assert card.architecture.layer_sizes == [784, 32, 16, 10]
         assert card.architecture.dropout == [0.5, 0.5]
+        assert (card.architecture.kind, card.architecture.variant) == ("mlp", "scratch")
+        assert (card.architecture.conv_channels, card.architecture.convs_per_block) == ([], None)
         assert card.labels == list(LABELS)
         assert (card.samples.default, card.samples.maximum) == (20, 500)
         assert card.input.shape == [784]
         assert card.metrics == {"test_accuracy": 0.5}
     assert_mirrors(card.model_dump(), httpx.get(f"{server}/v1/models/tiny").json())
+
+
+def test_architecture_of_a_cnn_and_of_an_older_server() -> None:
+    cnn = Architecture.model_validate(
+        {
+            "kind": "cnn",
+            "layer_sizes": [3136, 256, 10],
+            "dropout": [0.5],
+            "variant": None,
+            "conv_channels": [32, 64],
+            "convs_per_block": 1,
+        }
+    )
+    assert (cnn.kind, cnn.variant, cnn.conv_channels, cnn.convs_per_block) == (
+        "cnn",
+        None,
+        [32, 64],
+        1,
+    )
+    old = Architecture.model_validate(
+        {"layer_sizes": [784, 256, 256, 10], "dropout": [0.2, 0.5], "variant": "scratch"}
+    )
+    assert (old.kind, old.variant, old.conv_channels, old.convs_per_block) == (
+        "mlp",
+        "scratch",
+        [],
+        None,
+    )
 
 
 def test_predict_mirrors_the_v1_answer(server: str) -> None:

@@ -19,6 +19,7 @@ from models.checkpoint import (
     save_checkpoint,
     weights_of,
 )
+from models.cnn import DropoutCNN
 from models.mlp import (
     DropoutMLP,
     DropoutMLPConcise,
@@ -27,6 +28,7 @@ from models.mlp import (
     Variant,
     build_model,
 )
+from tests.helpers import TINY_CNN, tiny_cnn
 
 CONFIG = MLPConfig(hidden=(16, 8), dropout=(0.5, 0.2))
 LABELS = tuple(f"class-{i}" for i in range(10))
@@ -109,6 +111,55 @@ def test_round_trip(folder: Path, variant: Variant) -> None:
         assert torch.equal(ck.model(X), model.eval()(X))
 
 
+def test_cnn_round_trips_bit_for_bit(folder: Path) -> None:
+    model = tiny_cnn()
+    path = folder / "c.safetensors"
+    sha = save_checkpoint(path, model, LABELS, META)
+    ck = load_checkpoint(path)
+    assert type(ck.model) is DropoutCNN
+    assert ck.config == TINY_CNN
+    assert ck.metadata["config"]["kind"] == "cnn"
+    assert ck.sha256 == sha
+    assert not ck.model.training
+    saved, loaded = weights_of(model), weights_of(ck.model)
+    assert list(loaded) == list(saved)
+    assert "features.1.0.bn.running_var" in loaded
+    assert not any("num_batches_tracked" in k for k in loaded)
+    for k, v in saved.items():
+        assert torch.equal(loaded[k], v), k
+    X = torch.rand(4, 784)
+    with torch.no_grad():
+        assert torch.equal(ck.model(X), model(X))
+
+
+def test_mlp_tensor_names_stay_those_of_existing_checkpoints() -> None:
+    names = ["layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias"]
+    names += ["layers.2.weight", "layers.2.bias"]
+    variants: tuple[Variant, ...] = ("scratch", "concise")
+    for variant in variants:
+        assert list(weights_of(make_model(variant))) == names
+
+
+def test_mlp_checkpoint_without_a_kind_loads(folder: Path) -> None:
+    """A checkpoint written before configs had a kind: its config is an MLP's."""
+    t = valid_tensors()
+    old_config = {k: v for k, v in CONFIG.to_dict().items() if k != "kind"}
+    path = write(folder / "old.safetensors", t, header(t, {**valid_meta(), "config": old_config}))
+    ck = load_checkpoint(path)
+    assert ck.config == CONFIG
+    X = torch.rand(3, 784)
+    with torch.no_grad():
+        assert torch.equal(ck.model(X), make_model().eval()(X))
+
+
+def test_unknown_kind_is_refused(folder: Path) -> None:
+    t = valid_tensors()
+    meta = {**valid_meta(), "config": {**CONFIG.to_dict(), "kind": "transformer"}}
+    path = write(folder / "bad.safetensors", t, header(t, meta))
+    message = load_error(path)
+    assert "unknown architecture kind 'transformer' (this build knows mlp, cnn)" in message
+
+
 def test_overwrite_is_atomic_and_leaves_no_temp_file(folder: Path) -> None:
     path = folder / "m.safetensors"
     save_checkpoint(path, make_model(seed=1), LABELS, META)
@@ -185,6 +236,57 @@ TENSOR_EDITS: list[tuple[Callable[[Tensors], Tensors], str]] = [
 def test_bad_tensors(folder: Path, edit: Callable[[Tensors], Tensors], message: str) -> None:
     tensors = edit(valid_tensors())
     path = write(folder / "bad.safetensors", tensors, header(tensors, valid_meta()))
+    assert message in load_error(path)
+
+
+def cnn_tensors() -> Tensors:
+    return {k: v.detach().contiguous() for k, v in weights_of(tiny_cnn()).items()}
+
+
+def _negative_variance(t: Tensors) -> Tensors:
+    var = t["features.0.0.bn.running_var"].clone()
+    var[2] = -0.5
+    return {**t, "features.0.0.bn.running_var": var}
+
+
+CNN_EDITS: list[tuple[Callable[[Tensors], Tensors], str]] = [
+    (
+        lambda t: {k: v for k, v in t.items() if k != "features.1.0.bn.running_var"},
+        "missing tensors: features.1.0.bn.running_var",
+    ),
+    (
+        lambda t: {**t, "features.1.1.bn.running_mean": torch.zeros(8)},
+        "unexpected tensors: features.1.1.bn.running_mean",
+    ),
+    (
+        lambda t: {**t, "features.0.0.bn.num_batches_tracked": torch.tensor(3)},
+        "unexpected tensors: features.0.0.bn.num_batches_tracked",
+    ),
+    (
+        lambda t: {**t, "features.0.0.bn.running_mean": torch.zeros(5)},
+        "tensor features.0.0.bn.running_mean has shape [5], expected [4]",
+    ),
+    (
+        lambda t: {**t, "features.1.0.conv.weight": torch.zeros(8, 4, 5, 5)},
+        "tensor features.1.0.conv.weight has shape [8, 4, 5, 5], expected [8, 4, 3, 3]",
+    ),
+    (
+        lambda t: {**t, "features.0.0.bn.weight": t["features.0.0.bn.weight"].half()},
+        "tensor features.0.0.bn.weight has dtype torch.float16, expected float32",
+    ),
+    (
+        lambda t: {**t, "features.1.0.bn.bias": torch.full((8,), float("nan"))},
+        "tensor features.1.0.bn.bias holds NaN or infinite values",
+    ),
+    (_negative_variance, "tensor features.0.0.bn.running_var holds negative variances"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), CNN_EDITS)
+def test_bad_cnn_tensors(folder: Path, edit: Callable[[Tensors], Tensors], message: str) -> None:
+    tensors = edit(cnn_tensors())
+    meta = {**META, "config": TINY_CNN.to_dict(), "labels": list(LABELS)}
+    path = write(folder / "bad.safetensors", tensors, header(tensors, meta))
     assert message in load_error(path)
 
 

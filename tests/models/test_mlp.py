@@ -28,7 +28,7 @@ DEEP = MLPConfig(hidden=(64, 48, 32), dropout=(0.2, 0.5, 0.7))
         ({"variant": "big"}, "variant must be 'scratch' or 'concise', got 'big'"),
         ({"hidden": (), "dropout": ()}, "hidden sizes must be positive integers"),
         ({"hidden": (256, 0)}, "hidden sizes must be positive integers"),
-        ({"num_outputs": 1}, "num_outputs >= 2"),
+        ({"num_outputs": 1}, "num_outputs must be >= 2, got 1"),
         ({"num_inputs": 0}, "num_inputs must be >= 1"),
     ],
 )

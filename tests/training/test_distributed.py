@@ -13,7 +13,7 @@ from torch import distributed as dist
 from torch import nn
 
 from models.checkpoint import load_checkpoint, weights_of
-from models.mlp import DropoutMLP
+from models.networks import Network
 from service.app import create_app
 from service.settings import Settings
 from tests.helpers import blobs, wait_ready
@@ -92,6 +92,7 @@ def test_torchrun_checkpoint_serves_and_matches_one_process(tmp_path: Path) -> N
 
 # 1026 = 16 x 64 + 2: a last global batch of one example per rank.
 TRAIN, VAL = blobs(1026, 1), blobs(128, 2)
+CNN: dict[str, object] = {"arch": "cnn", "channels": (4, 8), "hidden": (16,), "dropout": (0.5,)}
 
 
 def config(out: Path, **kw: object) -> TrainConfig:
@@ -106,7 +107,7 @@ def config(out: Path, **kw: object) -> TrainConfig:
     return TrainConfig(**(base | kw))  # type: ignore[arg-type]
 
 
-def weights(model: DropoutMLP) -> dict[str, torch.Tensor]:
+def weights(model: Network) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in weights_of(model).items()}
 
 
@@ -138,22 +139,29 @@ def worker(rank: int, tmp: str) -> None:
         out |= {f"exact.{k}": v for k, v in weights(exact).items()}
         out["exact.rows"] = torch.tensor(replica.rows)
 
-        straight, _ = fit(config(Path(tmp, "b.safetensors")), TRAIN, VAL, lambda *_: None, replica)
-        out |= {f"straight.{k}": v for k, v in weights(straight).items()}
-        # Interrupted after epoch 1: rank 0 saved the state, every rank resumes from it.
-        first = config(Path(tmp, "c.safetensors"), epochs=1)
+        def straight_and_resumed(name: str, **kw: object) -> None:
+            """An uninterrupted run, and one interrupted after epoch 1: rank 0 saved the
+            state, every rank resumes from it."""
+            straight, _ = fit(config(Path(tmp, f"{name}s.safetensors"), **kw), TRAIN, VAL, *no_save)
+            out.update({f"{name}straight.{k}": v for k, v in weights(straight).items()})
+            first = config(Path(tmp, f"{name}r.safetensors"), epochs=1, **kw)
 
-        def on_epoch(
-            model: DropoutMLP, opt: torch.optim.Optimizer, shuffle: torch.Generator, st: State
-        ) -> None:
-            if rank == 0:
-                save_state(state_path(first.out), first, model, opt, shuffle, st)
+            def on_epoch(
+                model: Network, opt: torch.optim.Optimizer, shuffle: torch.Generator, st: State
+            ) -> None:
+                if rank == 0:
+                    save_state(state_path(first.out), first, model, opt, shuffle, st)
 
-        fit(first, TRAIN, VAL, on_epoch, replica)
-        dist.barrier()  # the state is on disk before anyone looks for it
-        resumed, state = fit(config(first.out), TRAIN, VAL, lambda *_: None, replica)
-        out |= {f"resumed.{k}": v for k, v in weights(resumed).items()}
-        out["resumed.epochs"] = torch.tensor([h["epoch"] for h in state.history])
+            fit(first, TRAIN, VAL, on_epoch, replica)
+            dist.barrier()  # the state is on disk before anyone looks for it
+            resumed, state = fit(config(first.out, **kw), TRAIN, VAL, *no_save)
+            out.update({f"{name}resumed.{k}": v for k, v in weights(resumed).items()})
+            out[f"{name}resumed.epochs"] = torch.tensor([h["epoch"] for h in state.history])
+
+        no_save = (lambda *_: None, replica)
+        straight_and_resumed("")
+        # BatchNorm's running statistics are part of what a CNN's run resumes.
+        straight_and_resumed("cnn.", **CNN)
         torch.save(out, Path(tmp, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -173,7 +181,10 @@ def test_two_ranks_take_the_steps_of_one_process_and_resume_exactly(tmp_path: Pa
     assert rank0["exact.rows"].item() == rank1["exact.rows"].item() == 1026
     del rank0["exact.rows"], rank1["exact.rows"]
     for key, value in rank0.items():
-        assert torch.equal(value, rank1[key]), key  # DDP keeps the replicas identical
+        # DDP keeps the replicas' parameters identical; BatchNorm's running statistics are
+        # rank 0's (broadcast before each forward), each rank's own after its last step.
+        if not key.endswith((".running_mean", ".running_var")):
+            assert torch.equal(value, rank1[key]), key
 
     torch.manual_seed(1234)
     no_dropout = config(tmp_path / "one.safetensors", dropout=(0.0, 0.0))
@@ -186,6 +197,11 @@ def test_two_ranks_take_the_steps_of_one_process_and_resume_exactly(tmp_path: Pa
     assert rank0["resumed.epochs"].tolist() == [1, 2]
     for name in weights(one):
         assert torch.equal(rank0[f"straight.{name}"], rank0[f"resumed.{name}"]), name
+    assert rank0["cnn.resumed.epochs"].tolist() == [1, 2]
+    cnn = [k.removeprefix("cnn.straight.") for k in rank0 if k.startswith("cnn.straight.")]
+    assert "features.1.0.bn.running_var" in cnn
+    for name in cnn:
+        assert torch.equal(rank0[f"cnn.straight.{name}"], rank0[f"cnn.resumed.{name}"]), name
 
 
 def test_dropout_masks_differ_between_ranks_and_epochs() -> None:

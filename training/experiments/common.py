@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from models.engine import Engine
-from models.mlp import DropoutMLP
+from models.networks import Network
 from models.stats import UncertaintyStats
 from training import metrics
 from training.data import Split, load_splits
@@ -24,7 +24,7 @@ from training.report.sets import digits_28x28
 from training.train import CHAPTER_OPTIMIZER, State, TrainConfig, fit
 from training.variants import NoisyMLP, mc_stats
 
-OnEpoch = Callable[[DropoutMLP, torch.optim.Optimizer, torch.Generator, State], None]
+OnEpoch = Callable[[Network, torch.optim.Optimizer, torch.Generator, State], None]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def train_mlp(
     weight_decay: float = 0.0,
     epochs: int | None = None,
     on_epoch: OnEpoch | None = None,
-) -> tuple[DropoutMLP, State]:
+) -> tuple[Network, State]:
     """The chapter's network and optimiser (SGD, lr 0.1, batch 256), seeded with b.seed."""
     cfg = TrainConfig(
         **CHAPTER_OPTIMIZER,
@@ -87,7 +87,7 @@ class Predictor(Protocol):
 
 
 class EnginePredictor:
-    def __init__(self, model: DropoutMLP) -> None:
+    def __init__(self, model: Network) -> None:
         self.engine = Engine(model)
 
     def predict(self, X: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from models.dropout import dropout_layer
-from models.mlp import DropoutMLP, MLPConfig, build_model
+from models.mlp import MLPConfig, build_model
+from models.networks import Network
 from training.data import Split
 from training.experiments.common import (
     Budget,
@@ -80,7 +81,7 @@ def epochs_gap(b: Budget, data: Data) -> Path:
         curve: list[dict[str, float]] = []
 
         def on_epoch(
-            m: DropoutMLP, _o: Any, _g: Any, st: State, c: list[dict[str, float]] = curve
+            m: Network, _o: Any, _g: Any, st: State, c: list[dict[str, float]] = curve
         ) -> None:
             train_loss, train_acc = evaluate_split(m, train_probe)
             test_loss, test_acc = evaluate_split(m, data.test)
@@ -140,14 +141,14 @@ def epochs_gap(b: Budget, data: Data) -> Path:
     )
 
 
-def layer_variances(model: DropoutMLP, X: torch.Tensor, seed: int) -> list[float]:
+def layer_variances(model: Network, X: torch.Tensor, seed: int) -> list[float]:
     """Per hidden layer: the variance over inputs of each post-ReLU unit, averaged over units,
     in eval mode (noise off) and in a training-mode pass (noise on: after the dropout mask, what
     the next layer sees during training)."""
     generator = torch.Generator().manual_seed(seed)
     out: list[float] = []
     with torch.inference_mode():
-        clean, noisy = X, X
+        clean = noisy = model.embed(X)
         for linear, p in zip(model.layers()[:-1], model.config.dropout, strict=True):
             clean = torch.relu(linear(clean))
             noisy = dropout_layer(torch.relu(linear(noisy)), p, generator)
@@ -165,7 +166,7 @@ def activation_variance(b: Budget, data: Data) -> Path:
         values = [layer_variances(build_model(MLPConfig(dropout=ps)), X, b.seed)]
 
         def on_epoch(
-            m: DropoutMLP, _o: Any, _g: Any, _s: State, v: list[list[float]] = values
+            m: Network, _o: Any, _g: Any, _s: State, v: list[list[float]] = values
         ) -> None:
             v.append(layer_variances(m, X, b.seed))
 

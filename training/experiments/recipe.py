@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models.checkpoint import save_checkpoint
-from models.mlp import DropoutMLP
+from models.networks import Network
 from training.calibrate import calibrate
 from training.data import LABELS
 from training.experiments.common import Budget, Data, EnginePredictor, assess, write_results
@@ -32,7 +32,7 @@ class Recipe:
     schedule: str = "cosine"  # to 0 over the run, stepped once an epoch
 
 
-def train_recipe(recipe: Recipe, data: Data, b: Budget, out: Path) -> tuple[DropoutMLP, float]:
+def train_recipe(recipe: Recipe, data: Data, b: Budget, out: Path) -> tuple[Network, float]:
     cfg = TrainConfig(
         out=out,
         epochs=recipe.epochs,

@@ -11,9 +11,8 @@ from torch.nn import functional as F
 from models.calibration import nll as logits_nll
 from models.checkpoint import Checkpoint
 from models.engine import Engine
-from models.mlp import forward_layers
 from models.stats import UncertaintyStats
-from training import metrics
+from training import calibrate, metrics
 from training.data import Split
 from training.mc import engine_logits, engine_stats
 from training.report import plots
@@ -84,10 +83,7 @@ def temperature_section(
         return None
     t_eval = float(calibration["temperature_eval"])
     t_mc = float(calibration.get("temperature_mc", t_eval))
-    with torch.inference_mode():
-        eval_logits = forward_layers(
-            ckpt.model.layers(), ckpt.config.dropout, split.X, dropout=False
-        )
+    eval_logits = calibrate.eval_logits(ckpt.model, split.X)
     logits = engine_logits(engine, split.X, cfg.reference_samples, cfg.seed, cfg.block)
     section: dict[str, Any] = {"temperature_eval": t_eval, "temperature_mc": t_mc}
     diagrams = {}
