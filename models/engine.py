@@ -38,7 +38,8 @@ from torch.nn import functional as F
 
 from models.checkpoint import Checkpoint
 from models.masks import MaskSampler, PassMasks
-from models.mlp import DropoutMLP, forward_layers
+from models.mlp import forward_layers
+from models.networks import Network
 from models.stats import (
     StatsAccumulator,
     UncertaintyStats,
@@ -65,7 +66,7 @@ class Engine:
 
     def __init__(
         self,
-        model: DropoutMLP,
+        model: Network,
         *,
         max_chunk_rows: int = 8192,
         temperature_eval: float = 1.0,

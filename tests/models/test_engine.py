@@ -1,5 +1,4 @@
 import copy
-import math
 from dataclasses import fields, replace
 from pathlib import Path
 

@@ -82,7 +82,6 @@ def test_cnn_model_card(tmp_path: Path) -> None:
     assert card["input"]["shape"] == [784]
 
 
-@pytest.mark.xfail(reason="engine calls embed after merge", strict=False)
 def test_cnn_is_served_over_v1(tmp_path: Path) -> None:
     write_tiny_cnn_checkpoint(tmp_path / "cnn.safetensors")
     x = images(3)

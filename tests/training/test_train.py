@@ -213,7 +213,6 @@ def test_cosine_schedule_decays_each_epoch_to_zero() -> None:
         TrainConfig(schedule="linear")
 
 
-@pytest.mark.xfail(reason="engine calls embed after merge", strict=False)
 def test_cli_dry_run_of_the_cnn_calibrates_and_evaluates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
