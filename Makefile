@@ -6,7 +6,9 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 VENV ?= .venv
 PY := $(VENV)/bin/python
-CHECKPOINT ?= checkpoints/fashion-mlp.safetensors
+# The default network: the CNN; ARCH=mlp for the chapter's MLP (checkpoints/fashion-mlp...).
+ARCH ?= cnn
+CHECKPOINT ?= checkpoints/fashion-$(ARCH).safetensors
 DATASET_DIR := /usr/share/datasets/fashion-mnist
 SAMPLES ?= 100
 
@@ -28,11 +30,11 @@ data:
 	fi
 
 $(CHECKPOINT): | setup data
-	$(PY) -m training train --out $@
+	$(PY) -m training train --arch $(ARCH) --out $@
 	$(PY) -m training evaluate $@ --samples $(SAMPLES)
 
 train: setup data
-	$(PY) -m training train --out $(CHECKPOINT)
+	$(PY) -m training train --arch $(ARCH) --out $(CHECKPOINT)
 
 evaluate: setup data
 	$(PY) -m training evaluate $(CHECKPOINT) --samples $(SAMPLES)

@@ -1,13 +1,16 @@
 """Engine micro-benchmark: one MC-dropout request, ours against the usual ways of doing it.
 
-- naive: the tutorial way, a copy of the model in train() mode and a Python loop of N forwards;
-- replicate: Baal's replicate-in-batch, the input repeated N times and one forward in train mode;
+- naive: the tutorial way, the model in train() mode (BatchNorm kept in eval) and a Python loop
+  of N forwards;
+- replicate: Baal's replicate-in-batch, the input repeated N times and one forward in that mode;
 - baal: Baal itself where it is installed (`make bench` installs it): ModelWrapper.predict_on_batch
   with replicate_in_memory on an MCDropoutModule of the nn.Sequential form with the same weights;
 - ours: models.engine.Engine.uncertainty;
 - floor: the request's fp32 FLOPs at the GEMM throughput measured in the same run.
-All of them produce the same statistics (models.stats). Times are medians of repeated runs; each
-request's images start on the CPU, as a server's do, and its statistics end there.
+The network: --arch mlp (the chapter's 784-256-256-10, dropout 0.5/0.5) or cnn (models.cnn's
+default CNNConfig), random weights. All of them produce the same statistics (models.stats).
+Times are medians of repeated runs; each request's images start on the CPU, as a server's do,
+and its statistics end there.
 
 --device cuda runs all three on the GPU. --requests K,... adds a table of K concurrent requests
 of one image and N = 100 in one engine call, as the service hands a batch to the engine (a GPU
@@ -17,12 +20,12 @@ request. On a GPU it also replays ours fused from a CUDA graph captured for the 
 generator per request registered with the graph, seeded before each replay), checks that the
 replay answers as the fused engine does, and reads the fused kernels' own time with
 torch.profiler: the part of the wall time that launching them from a graph cannot remove.
-Run: .venv/bin/python bench/engine.py [--threads 1] [--quick] [--device cuda] [--requests 1,32,256]
+Run: .venv/bin/python bench/engine.py [--arch mlp|cnn] [--threads 1] [--quick] [--device cuda]
+     [--requests 1,32,256]
 """
 
 import argparse
 import copy
-import dataclasses
 import itertools
 import platform
 import statistics
@@ -30,30 +33,59 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
+from models.cnn import CNNConfig, DropoutCNN
 from models.engine import Engine, MCRequest, row_indices
-from models.mlp import DropoutMLP, MLPConfig, build_model
+from models.mlp import MLPConfig
+from models.networks import Config, Network, build_model
 from models.stats import UncertaintyStats, split_requests, summarize
 
+ARCHS: dict[str, Config] = {"mlp": MLPConfig(), "cnn": CNNConfig()}
 
-def naive(model: DropoutMLP, X: torch.Tensor, n: int) -> UncertaintyStats:
+
+def mc_mode(model: Network) -> Network:
+    """The model with dropout on and everything else (BatchNorm) in eval behaviour."""
     model.train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+    return model
+
+
+def naive(model: Network, X: torch.Tensor, n: int) -> UncertaintyStats:
+    mc_mode(model)
     X = X.to(DEVICE)
     with torch.no_grad():
         probs = torch.stack([F.softmax(model(X), dim=-1) for _ in range(n)])
     return summarize(probs).cpu()
 
 
-def replicate(model: DropoutMLP, X: torch.Tensor, n: int) -> UncertaintyStats:
-    model.train()
+def replicate(model: Network, X: torch.Tensor, n: int) -> UncertaintyStats:
+    mc_mode(model)
     X = X.to(DEVICE)
     with torch.no_grad():
         logits = model(X.repeat(n, 1)).view(n, X.shape[0], -1)
     return summarize(F.softmax(logits, dim=-1)).cpu()
 
 
-def baal_predictor(model: DropoutMLP) -> Callable[[torch.Tensor, int], UncertaintyStats] | None:
+def sequential(model: Network) -> nn.Sequential:
+    """The model as an nn.Sequential with nn.Dropout modules, the form Baal patches: the same
+    modules before the dense layers (copies), then the dense layers with the same weights."""
+    dense = model.layers()
+    blocks: list[nn.Module] = []
+    if isinstance(model, DropoutCNN):
+        shape = model.config.input_shape
+        blocks += [nn.Unflatten(1, shape), copy.deepcopy(model.features)]
+    blocks.append(nn.Flatten())
+    for linear, p in zip(dense[:-1], model.config.dropout, strict=True):
+        blocks += [copy.deepcopy(linear), nn.ReLU(), nn.Dropout(p)]
+    blocks.append(copy.deepcopy(dense[-1]))
+    return nn.Sequential(*blocks).to(DEVICE)
+
+
+def baal_predictor(model: Network) -> Callable[[torch.Tensor, int], UncertaintyStats] | None:
     """Baal's own MC dropout on a copy of the model, or None where Baal is not installed."""
     try:
         from baal.bayesian.dropout import MCDropoutModule
@@ -61,11 +93,8 @@ def baal_predictor(model: DropoutMLP) -> Callable[[torch.Tensor, int], Uncertain
     except ImportError:
         return None
     # MCDropoutModule keeps nn.Dropout modules on: the nn.Sequential form, the same weights.
-    concise = build_model(dataclasses.replace(model.config, variant="concise")).to(DEVICE)
-    for mine, theirs in zip(model.layers(), concise.layers(), strict=True):
-        theirs.load_state_dict(mine.state_dict())
     args = TrainingArgs(use_cuda=DEVICE.type == "cuda", replicate_in_memory=True)
-    wrapper = ModelWrapper(MCDropoutModule(concise), args)
+    wrapper = ModelWrapper(MCDropoutModule(sequential(model)), args)
 
     def predict(X: torch.Tensor, n: int) -> UncertaintyStats:
         logits = wrapper.predict_on_batch(X.to(DEVICE), iterations=n)  # [batch, classes, n]
@@ -104,12 +133,25 @@ def kernel_seconds(fn: Callable[[], object], repeats: int = 20) -> float:
     return float(sum(e.self_device_time_total for e in prof.key_averages())) / 1e6 / repeats
 
 
-def request_flops(config: MLPConfig, batch: int, n: int) -> float:
-    # Ours runs the first layer once per request and the others once per pass.
+def request_flops(config: Config, batch: int, n: int) -> float:
+    # Ours runs the convolutions and the first dense layer once per instance, the others once
+    # per pass.
     sizes = config.sizes
     first = 2 * batch * sizes[0] * sizes[1]
     rest = sum(2 * batch * n * i * o for i, o in itertools.pairwise(sizes[1:]))
-    return first + rest
+    return conv_flops(config) * batch + first + rest
+
+
+def conv_flops(config: Config) -> float:
+    """One image's 3x3 convolutions (a CNN's); pools and BatchNorm left out."""
+    if not isinstance(config, CNNConfig):
+        return 0.0
+    flops, side, cin = 0.0, config.height * config.width, config.in_channels
+    for cout in config.channels:
+        for i in range(config.convs_per_block):
+            flops += 2 * side * 9 * (cin if i == 0 else cout) * cout
+        side, cin = side // 4, cout
+    return flops
 
 
 def main() -> None:
@@ -118,12 +160,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="B=1, N=100 only")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--requests", default="", help="K,...: concurrent requests in one call")
+    parser.add_argument("--arch", choices=list(ARCHS), default="mlp", help="the default network")
     args = parser.parse_args()
     global DEVICE
     DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = MLPConfig()
+    config = ARCHS[args.arch]
     model = build_model(config).to(DEVICE)
     engine = Engine(copy.deepcopy(model))
     peak = gemm_flops_per_second()
@@ -135,7 +178,7 @@ def main() -> None:
     )
     print(
         f"{where}, torch {torch.__version__}, {args.threads} CPU thread(s), "
-        f"fp32 GEMM {peak / 1e9:.0f} GFLOP/s"
+        f"fp32 GEMM {peak / 1e9:.0f} GFLOP/s; {args.arch}: {config}"
     )
     baal = baal_predictor(model)
     if baal is None:
@@ -152,15 +195,15 @@ def main() -> None:
 
 
 def row(
-    model: DropoutMLP,
+    model: Network,
     engine: Engine,
     baal: Callable[[torch.Tensor, int], UncertaintyStats] | None,
-    config: MLPConfig,
+    config: Config,
     peak: float,
     batch: int,
     n: int,
 ) -> str:
-    X = torch.rand(batch, 784)
+    X = torch.rand(batch, config.num_inputs)
     budget = 2.0 if batch * n <= 3200 else 4.0
     t_naive = seconds(lambda: naive(model, X, n), budget)
     t_rep = seconds(lambda: replicate(model, X, n), budget)
@@ -177,7 +220,7 @@ def row(
     )
 
 
-def concurrent(model: DropoutMLP, counts: list[int], n: int = 100) -> None:
+def concurrent(model: Network, counts: list[int], n: int = 100) -> None:
     fused, alone = (Engine(copy.deepcopy(model), fuse=f) for f in (True, False))
     gpu = DEVICE.type == "cuda"
     print(f"\nK concurrent requests of one image, N = {n}, in one call: microseconds per request")
@@ -199,8 +242,8 @@ def concurrent(model: DropoutMLP, counts: list[int], n: int = 100) -> None:
         print(concurrent_row(model, fused, alone, k, n))
 
 
-def concurrent_row(model: DropoutMLP, fused: Engine, alone: Engine, k: int, n: int) -> str:
-    X = torch.rand(k, 784)
+def concurrent_row(model: Network, fused: Engine, alone: Engine, k: int, n: int) -> str:
+    X = torch.rand(k, model.config.num_inputs)
     seeds = list(range(k))
     requests = [MCRequest(X[i : i + 1], n, seeds[i]) for i in range(k)]
     t_naive = seconds(lambda: [naive(model, X[i : i + 1], n) for i in range(k)], 2.0)
@@ -217,7 +260,7 @@ def concurrent_row(model: DropoutMLP, fused: Engine, alone: Engine, k: int, n: i
             t_graph = seconds(lambda: replay(X, seeds), 2.0)
             line += f" {t_graph / k * 1e6:.1f} | {k / t_graph:,.0f} | "
             # After those replays, other images and seeds: the graph's copy and seeding work.
-            Y, others = torch.rand(k, 784), [k + s for s in seeds]
+            Y, others = torch.rand(k, X.shape[1]), [k + s for s in seeds]
             eager = fused.uncertainty([MCRequest(Y[i : i + 1], n, others[i]) for i in range(k)])
             line += same_answers(replay(Y, others), eager) + " |"
         except Exception as e:  # report it in the table: the other columns still count
@@ -234,7 +277,7 @@ def graphed(
     the images [k, features] into the graph's input, seeds each request's generator, replays
     the graph and copies the statistics to the CPU (models.stats.split_requests)."""
     sizes = [(1, n)] * k
-    X = torch.zeros(k, engine.linears[0].in_features, device=engine.device)
+    X = torch.zeros(k, engine.model.config.num_inputs, device=engine.device)
     instance, passes = row_indices(sizes, engine.device)
     generators = [torch.Generator(engine.device) for _ in range(k)]
     graph = torch.cuda.CUDAGraph()

@@ -30,8 +30,18 @@ if ! command -v wrk >/dev/null || ldd "$(command -v wrk)" | grep -q 'not found';
 } 2>&1 | tee "$OUT/machine.txt"
 
 echo "== tests"
-timeout 240 $PY -m pytest -q -p no:cacheprovider tests/models/test_engine.py \
-    tests/models/test_masks.py tests/service/test_device.py 2>&1 | tee "$OUT/tests.txt" | tail -8
+timeout 240 $PY -m pytest -q -p no:cacheprovider -rs tests/models/test_engine.py \
+    tests/models/test_masks.py tests/models/test_cnn.py tests/service/test_device.py \
+    2>&1 | tee "$OUT/tests.txt" | tail -8
+
+# Each default model's answers alone and in company, on the GPU (its engine fuses) and the CPU.
+for arch in cnn mlp; do
+    for device in "$DEVICE" cpu; do
+        echo "== company: $arch on $device"
+        timeout 60 $PY scripts/company.py "checkpoints/fashion-$arch.safetensors" --device "$device" \
+            2>&1 | tee -a "$OUT/company.txt"
+    done
+done
 
 # What no run has measured yet comes first (the CUDA graphs of K concurrent requests), every
 # B and N last: a run cut short by its time limit still returns what it wrote to $OUT.
@@ -40,6 +50,8 @@ timeout 150 $PY bench/engine.py --device "$DEVICE" --quick --requests 1,32,256 \
     2>&1 | tee "$OUT/engine-requests.txt"
 timeout 100 $PY bench/engine.py --device cpu --threads 1 --quick --requests 32 \
     2>&1 | tee "$OUT/engine-cpu.txt"
+timeout 100 $PY bench/engine.py --arch cnn --device "$DEVICE" --quick --requests 1,32,256 \
+    2>&1 | tee "$OUT/engine-cnn.txt"
 
 # http NAME CONCURRENCY KEY=VALUE...: the service with those settings, eval and N = 100.
 http() {

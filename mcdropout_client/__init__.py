@@ -3,7 +3,7 @@
 from mcdropout_client import Client
 
 with Client("http://127.0.0.1:8000") as client:
-    answer = client.uncertainty("fashion-mlp", images, samples=100, seed=0)
+    answer = client.uncertainty("fashion-cnn", images, samples=100, seed=0)
 """
 
 from mcdropout_client._protocol import RetryPolicy

@@ -1,6 +1,6 @@
 """The HTTP half of the container smoke test (scripts/container-smoke.sh): one running container.
 
-python scripts/smoke_requests.py http://127.0.0.1:18000 build/smoke/models/fashion-mlp.safetensors
+python scripts/smoke_requests.py http://127.0.0.1:18000 build/smoke/models/fashion-cnn.safetensors
 
 Standard library only, so any python3 runs it. Exits non-zero with a message on the first failure.
 """

@@ -164,6 +164,12 @@ class Registry:
     def _load_one(self, file: Path) -> ServedModel:
         try:
             ckpt = load_checkpoint(file)
+            if ckpt.config.num_inputs != FEATURES:
+                # The routes' input rule is the 28x28 gray image's (service/inputs/pixels.py).
+                raise CheckpointError(
+                    f"{file.name}: takes {ckpt.config.num_inputs} inputs; this service "
+                    f"serves models of {FEATURES} pixels ({SIDE}x{SIDE}, gray)"
+                )
             # With an inference process, the engine is a CPU copy that the child moves.
             device = "cpu" if self.settings.inference == "process" else self.settings.device
             engine = engine_for(ckpt, self.settings.mc_chunk_rows, device)

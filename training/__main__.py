@@ -1,13 +1,13 @@
 """python -m training COMMAND: every command names its handler (set_defaults(handler=...)).
 
-  train [--arch mlp|cnn] [--out PATH] [--data-dir DIR] [--epochs N] [--batch-size N] [--lr LR]
+  train [--arch cnn|mlp] [--out PATH] [--data-dir DIR] [--epochs N] [--batch-size N] [--lr LR]
         [--momentum M] [--nesterov] [--weight-decay W] [--hidden 256,256] [--dropout 0.2,0.5]
         [--variant scratch|concise] [--channels 32,64] [--convs-per-block N]
         [--schedule constant|cosine] [--seed S] [--val-size N] [--limit N] [--dry-run]
         [--no-resume] [--no-progress]
         [--calibration-samples N] [--calibration-seed S] [--target-accuracy A]
-      Train a dropout network on Fashion-MNIST (the MLP, or the CNN), then calibrate it and
-      write the checkpoint; settings not given are the architecture's recipe
+      Train a dropout network on Fashion-MNIST (the CNN, or the chapter's MLP), then calibrate
+      it and write the checkpoint; settings not given are the architecture's recipe
       (training.train.RECIPES). Under torchrun the same training runs data-parallel
       (training/distributed.py).
   calibrate CHECKPOINT [--data-dir DIR]
@@ -63,7 +63,7 @@ def parser() -> argparse.ArgumentParser:
     d = train.TrainConfig()
 
     t = sub.add_parser("train", help="train a dropout network (MLP or CNN) on Fashion-MNIST")
-    t.add_argument("--arch", choices=list(train.RECIPES), default="mlp", help="(%(default)s)")
+    t.add_argument("--arch", choices=list(train.RECIPES), default="cnn", help="(%(default)s)")
     t.add_argument("--out", type=Path, help=recipe("out"))
     t.add_argument("--data-dir", type=Path, help="folder with the four Fashion-MNIST IDX files")
     t.add_argument("--epochs", type=int, help=recipe("epochs"))

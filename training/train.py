@@ -76,11 +76,11 @@ RECIPES: dict[str, Recipe] = {
     # 0.5) with momentum, weight decay and a cosine schedule (docs/training.md).
     "cnn": Recipe(
         out=Path("checkpoints/fashion-cnn.safetensors"),
-        epochs=15,
+        epochs=10,
         batch_size=128,
         lr=0.05,
         momentum=0.9,
-        nesterov=False,
+        nesterov=True,
         weight_decay=5e-4,
         hidden=(256,),
         dropout=(0.5,),

@@ -3,6 +3,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,12 @@ import torch
 from fastapi.testclient import TestClient
 from starlette.exceptions import HTTPException
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.engine import Engine
 from service.api.v1 import JSONRequest
 from service.settings import Settings
 from tests.helpers import (
+    TINY_CNN,
     images,
     make_client,
     tiny_cnn,
@@ -305,6 +307,21 @@ def test_bad_checkpoint_is_refused_and_good_ones_served(tmp_path: Path) -> None:
         wait_ready(c)
         assert [m["name"] for m in c.get("/v1/models").json()["models"]] == ["good"]
         assert c.get("/v1/models/tampered").status_code == 404
+
+
+def test_a_model_of_other_inputs_is_refused_at_load(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Until the routes follow a checkpoint's input spec, they take 784 gray pixels: a colour
+    # 32x32 CNN would be fed the wrong shape, so it is refused, and the others are served.
+    write_tiny_checkpoint(tmp_path / "good.safetensors")
+    colour = replace(TINY_CNN, in_channels=3, height=32, width=32)
+    save_checkpoint(tmp_path / "colour.safetensors", tiny_cnn(config=colour), LABELS, {})
+    with make_client(Settings(model_path=tmp_path)) as c:
+        wait_ready(c)
+        assert [m["name"] for m in c.get("/v1/models").json()["models"]] == ["good"]
+        assert c.get("/v1/models/colour").status_code == 404
+    assert "colour.safetensors: takes 3072 inputs; this service serves models of 784" in caplog.text
 
 
 def test_single_checkpoint_file(model_dir: Path) -> None:

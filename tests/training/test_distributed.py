@@ -30,7 +30,8 @@ ROOT = Path(__file__).parents[2]
 EXAMPLES = ROOT / "docs" / "examples"
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # Real data, a subset: 3 epochs of 32 global batches of 128.
-CLI_SETTINGS = ["--limit", "4096", "--epochs", "3", "--batch-size", "128", "--no-progress"]
+CLI_SETTINGS = ["--arch", "mlp", "--limit", "4096", "--epochs", "3", "--batch-size", "128"]
+CLI_SETTINGS += ["--no-progress"]
 CLI_SETTINGS += ["--no-resume", "--calibration-samples", "10"]
 # DDP and one process share the initial weights, the shuffled order and every global batch, and
 # differ only in their dropout masks. The bounds are 4 standard deviations, rounded up, of the

@@ -13,7 +13,8 @@ from models.checkpoint import load_checkpoint, load_tensors
 from training.train import STATE_KIND, history_path, state_path
 
 # Epochs of 20,000 images take about a second here, so the kills land in different epochs.
-ARGS = ["--limit", "20000", "--epochs", "4", "--calibration-samples", "10", "--no-progress"]
+ARGS = ["--arch", "mlp", "--limit", "20000", "--epochs", "4", "--calibration-samples", "10"]
+ARGS += ["--no-progress"]
 
 
 def train(out: Path, log: int = subprocess.DEVNULL) -> subprocess.Popen[str]:

@@ -109,16 +109,18 @@ def test_recipes_cover_every_architecture_and_flags_override_them() -> None:
     assert tuple(RECIPES) == KINDS
     assert TrainConfig() == TrainConfig.for_arch("mlp")
     cnn = TrainConfig.for_arch("cnn")
-    assert (cnn.epochs, cnn.batch_size, cnn.lr, cnn.weight_decay) == (15, 128, 0.05, 5e-4)
+    assert (cnn.epochs, cnn.batch_size, cnn.lr, cnn.weight_decay) == (10, 128, 0.05, 5e-4)
+    assert cnn.nesterov
     assert cnn.out.name == "fashion-cnn.safetensors"
-    assert cnn.model_config() == CNNConfig(channels=(32, 64), hidden=(256,), dropout=(0.5,))
+    expected = CNNConfig(channels=(32, 64), convs_per_block=2, hidden=(256,), dropout=(0.5,))
+    assert cnn.model_config() == expected
     assert TrainConfig().model_config() == MLPConfig(hidden=(256, 256), dropout=(0.2, 0.5))
 
     def parsed(*argv: str) -> TrainConfig:
         return cli.train_config(cli.parser().parse_args(["train", *argv]))
 
-    assert parsed("--arch", "cnn") == cnn
-    assert parsed() == TrainConfig()
+    assert parsed() == parsed("--arch", "cnn") == cnn  # the CLI's default network
+    assert parsed("--arch", "mlp") == TrainConfig()
     custom = parsed("--arch", "cnn", "--channels", "16,32,64", "--convs-per-block", "2")
     assert custom == TrainConfig.for_arch("cnn", channels=(16, 32, 64), convs_per_block=2)
     assert parsed("--arch", "cnn", "--lr", "0.1", "--nesterov").lr == 0.1
@@ -126,13 +128,13 @@ def test_recipes_cover_every_architecture_and_flags_override_them() -> None:
     with pytest.raises(
         ValueError, match="--channels is a setting of --arch cnn, not of --arch mlp"
     ):
-        parsed("--channels", "8")
+        parsed("--arch", "mlp", "--channels", "8")
     with pytest.raises(ValueError, match="--variant is a setting of --arch mlp, not of --arch cnn"):
         parsed("--arch", "cnn", "--variant", "concise")
     with pytest.raises(ValueError, match="height and width must be at least 32, got 28x28"):
         parsed("--arch", "cnn", "--channels", "8,8,8,8,8")
     with pytest.raises(ValueError, match="nesterov momentum needs a momentum above 0"):
-        parsed("--momentum", "0", "--nesterov")
+        parsed("--arch", "mlp", "--momentum", "0", "--nesterov")
 
 
 def test_cnn_run_writes_a_checkpoint_with_its_input_shape(tmp_path: Path) -> None:
@@ -153,7 +155,8 @@ def test_cli_dry_run_then_evaluate_on_real_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "dry.safetensors"
-    assert cli.main(["train", "--dry-run", "--no-progress", "--out", str(out)]) == 0
+    argv = ["train", "--arch", "mlp", "--dry-run", "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0
     ckpt = load_checkpoint(out)
     assert ckpt.config.sizes == (784, 256, 256, 10)
     assert ckpt.metadata["metrics"]["epochs"] == 1
