@@ -7,8 +7,8 @@
   with replicate_in_memory on an MCDropoutModule of the nn.Sequential form with the same weights;
 - ours: models.engine.Engine.uncertainty;
 - floor: the request's fp32 FLOPs at the GEMM throughput measured in the same run.
-The network: --arch mlp (the chapter's 784-256-256-10, dropout 0.5/0.5) or cnn (models.cnn's
-default CNNConfig), random weights. All of them produce the same statistics (models.stats).
+The network: --arch mlp (the chapter's 784-256-256-10, dropout 0.5/0.5) or cnn (the default
+model's CNN), random weights. All of them produce the same statistics (models.stats).
 Times are medians of repeated runs; each request's images start on the CPU, as a server's do,
 and its statistics end there.
 
@@ -42,7 +42,8 @@ from models.mlp import MLPConfig
 from models.networks import Config, Network, build_model
 from models.stats import UncertaintyStats, split_requests, summarize
 
-ARCHS: dict[str, Config] = {"mlp": MLPConfig(), "cnn": CNNConfig()}
+# The CNN: the default model's network (training.train's CNN recipe).
+ARCHS: dict[str, Config] = {"mlp": MLPConfig(), "cnn": CNNConfig(convs_per_block=2)}
 
 
 def mc_mode(model: Network) -> Network:

@@ -29,7 +29,7 @@ class CNNConfig:
     height: int = 28
     width: int = 28
     channels: tuple[int, ...] = (32, 64)
-    convs_per_block: int = 2
+    convs_per_block: int = 1
     hidden: tuple[int, ...] = (256,)
     dropout: tuple[float, ...] = (0.5,)
     num_outputs: int = 10

@@ -113,7 +113,7 @@ class TrainConfig:
     dropout: tuple[float, ...] = _MLP.dropout
     variant: Variant = "scratch"  # the MLP's form
     channels: tuple[int, ...] = CNNConfig.channels  # the CNN's, one entry per conv block
-    convs_per_block: int = CNNConfig.convs_per_block
+    convs_per_block: int = 2  # the default CNN's (docs/training.md#the-default-model)
     # "constant", or "cosine": lr * (1 + cos(pi * epoch / epochs)) / 2 for each epoch (0-based),
     # a function of the epoch alone, so that a resumed run follows the same schedule.
     schedule: str = _MLP.schedule

@@ -84,7 +84,7 @@ def test_resume_continues_exactly_where_it_stopped(
         ({}, {"lr": 0.2}),
         ({}, CNN),
         (CNN, {**CNN, "channels": (4, 16)}),
-        (CNN, {**CNN, "convs_per_block": 2}),
+        (CNN, {**CNN, "convs_per_block": 3}),
     ],
     ids=["lr", "arch", "channels", "convs-per-block"],
 )
@@ -101,7 +101,7 @@ def test_identity_holds_the_fields_of_its_own_arch() -> None:
     mlp, cnn = TrainConfig().identity(), TrainConfig(**CNN).identity()  # type: ignore[arg-type]
     assert (mlp["arch"], mlp["variant"]) == ("mlp", "scratch")
     assert not {"channels", "convs_per_block"} & mlp.keys()
-    assert (cnn["arch"], cnn["channels"], cnn["convs_per_block"]) == ("cnn", [4, 8], 1)
+    assert (cnn["arch"], cnn["channels"], cnn["convs_per_block"]) == ("cnn", [4, 8], 2)
     assert "variant" not in cnn
 
 
@@ -223,7 +223,9 @@ def test_cli_dry_run_of_the_cnn_calibrates_and_evaluates(
     argv = ["train", "--arch", "cnn", "--channels", "6,12", "--dry-run", "--no-progress"]
     assert cli.main([*argv, "--out", str(out)]) == 0
     ckpt = load_checkpoint(out)
-    assert ckpt.config == CNNConfig(channels=(6, 12), hidden=(256,), dropout=(0.5,))
+    assert ckpt.config == CNNConfig(
+        channels=(6, 12), convs_per_block=2, hidden=(256,), dropout=(0.5,)
+    )
     assert ckpt.metadata["training"]["weight_decay"] == 5e-4  # the cnn recipe's
     assert ckpt.metadata["calibration"]["samples"] == 10
     assert ckpt.metadata["metrics"]["test_accuracy"] > 0.25  # 16 SGD steps; chance is 0.1
