@@ -316,13 +316,15 @@ def row_indices(
     """([rows], [rows]) int64: each row's instance and pass, for requests of (instances, samples)
     `sizes` laid out request after request and pass after pass, the instances and the passes
     numbered across the requests."""
-    instances = itertools.accumulate((b for b, _ in sizes), initial=0)
-    passes = itertools.accumulate((n for _, n in sizes), initial=0)
-    blocks = [
-        (torch.arange(i, i + b).repeat(n), torch.arange(p, p + n).repeat_interleave(b))
-        for (b, n), i, p in zip(sizes, instances, passes, strict=False)
-    ]
-    return tuple(torch.cat(column).to(device) for column in zip(*blocks, strict=True))  # type: ignore[return-value]
+    firsts = zip(
+        itertools.accumulate((b for b, _ in sizes), initial=0),
+        itertools.accumulate((n for _, n in sizes), initial=0),
+        strict=True,
+    )
+    pairs = [(i, p, b, n) for (i, p), (b, n) in zip(firsts, sizes, strict=False)]
+    instance = torch.cat([torch.arange(i, i + b).repeat(n) for i, _, b, n in pairs])
+    passes = torch.cat([torch.arange(p, p + n).repeat_interleave(b) for _, p, b, n in pairs])
+    return instance.to(device), passes.to(device)
 
 
 def engine_for(
